@@ -1,0 +1,3 @@
+from vary.cli import app
+
+app()
