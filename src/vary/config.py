@@ -1,0 +1,185 @@
+"""VaryConfig and the named presets.
+
+A Vary model is three configs glued by a few numbers:
+  vision_config  the new vision vocabulary: a SAM ViTDet encoder (transformers `SamVisionConfig`)
+                 followed by two stride-2 convs (`downsample_channels`), -> (image_size/64)^2 tokens
+  clip_config    optional CLIP vision tower (Vary-base); features = hidden_states[vision_select_layer][:, 1:]
+  text_config    any transformers causal LM (OPT, Qwen2, LLaMA)
+Vary-tiny has no CLIP branch and one projector to the LM width; Vary-base projects each branch to half the
+LM width and concatenates them (CLIP first).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig, SamVisionConfig
+from transformers.configuration_utils import SubConfigSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TEMPLATES = ("plain", "vicuna_v1", "mpt")
+
+
+@strict
+class VaryConfig(PreTrainedConfig):
+    model_type = "vary"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=SamVisionConfig),
+        "clip_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="opt"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    clip_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    # net_2 / net_3: 3x3 stride-2 convs after the SAM neck, no bias.
+    downsample_channels: list[int] | tuple[int, ...] = (512, 1024)
+    vision_select_layer: int = -2
+    # Token ids of <img>, </img>, <imgpad> in the tokenizer; image_token_len <imgpad> per image.
+    image_start_token_id: int = 50265
+    image_end_token_id: int = 50266
+    image_patch_token_id: int = 50267
+    image_token_len: int = 256
+    # High-resolution branch preprocessing: the released checkpoints disagree (see VARY.md), so it is data.
+    image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
+    image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    image_resample: str = "bilinear"
+    clip_image_mean: list[float] | tuple[float, ...] = CLIP_MEAN
+    clip_image_std: list[float] | tuple[float, ...] = CLIP_STD
+    template: str = "plain"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.clip_config is None and "clip_config" not in kwargs:
+            # No CLIP branch unless asked for: SubConfigSpec would otherwise build a default one.
+            kwargs["clip_config"] = None
+        super().__post_init__(**kwargs)
+        if isinstance(self.clip_config, dict) and not self.clip_config:
+            self.clip_config = None
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        self.validate_shapes()
+
+    # --- derived sizes -------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.vision_config.image_size)
+
+    @property
+    def vision_feature_dim(self) -> int:
+        return int(self.downsample_channels[-1])
+
+    @property
+    def clip_image_size(self) -> int | None:
+        return None if self.clip_config is None else int(self.clip_config.image_size)
+
+    @property
+    def projector_out_dim(self) -> int:
+        """Width of each projector: the LM width, or half of it when two branches are concatenated."""
+        hidden = int(self.text_config.hidden_size)
+        return hidden if self.clip_config is None else hidden // 2
+
+    def validate_shapes(self) -> None:
+        grid = self.image_size // int(self.vision_config.patch_size) // 4  # two stride-2 convs
+        if grid * grid != self.image_token_len:
+            raise ValueError(
+                f"image_token_len={self.image_token_len} but a {self.image_size}px image gives {grid}x{grid}"
+                f"={grid * grid} tokens (patch {self.vision_config.patch_size}, two stride-2 convs)"
+            )
+        if self.clip_config is not None:
+            clip_grid = int(self.clip_config.image_size) // int(self.clip_config.patch_size)
+            if clip_grid * clip_grid != self.image_token_len:
+                raise ValueError(
+                    f"CLIP gives {clip_grid * clip_grid} tokens but the vision vocabulary gives "
+                    f"{self.image_token_len}: the two branches are concatenated token by token"
+                )
+            if int(self.text_config.hidden_size) % 2:
+                raise ValueError("Vary-base concatenates two projections: the LM hidden size must be even")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.image_resample not in ("bilinear", "bicubic"):
+            raise ValueError(f"image_resample must be 'bilinear' or 'bicubic', got {self.image_resample!r}")
+
+
+# --- presets: configs as data ------------------------------------------------------------------------
+SAM_B = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, window_size=14,
+    global_attn_indexes=[2, 5, 8, 11], output_channels=256, image_size=1024, patch_size=16,
+    initializer_range=0.02,  # SAM's own default (1e-10) suits loading weights, not training from scratch
+)  # fmt: skip
+CLIP_L14_224 = dict(
+    model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+    num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+)  # fmt: skip
+OPT_125M = dict(
+    model_type="opt", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
+    vocab_size=50272, word_embed_proj_dim=768, max_position_embeddings=4096, pad_token_id=1,
+    bos_token_id=2, eos_token_id=2, do_layer_norm_before=True, tie_word_embeddings=True, dropout=0.0,
+)  # fmt: skip
+QWEN_7B = dict(
+    model_type="qwen2", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+    intermediate_size=11008, vocab_size=151936, max_position_embeddings=8192, rms_norm_eps=1e-6,
+    rope_theta=10000.0, tie_word_embeddings=False, use_sliding_window=False,
+    bos_token_id=151643, eos_token_id=151643, pad_token_id=151643,
+)  # fmt: skip
+QWEN_1_8B = dict(QWEN_7B, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
+                 intermediate_size=5504)  # fmt: skip
+VICUNA_7B = dict(
+    model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+    intermediate_size=11008, vocab_size=32003, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)  # fmt: skip
+QWEN_IMAGE_TOKENS = dict(image_start_token_id=151857, image_end_token_id=151858, image_patch_token_id=151859)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Vary-tiny: SAM-B + OPT-125M with 4096 positions (the paper's "4096 tokens").
+    "vary-tiny": dict(vision_config=SAM_B, text_config=OPT_125M, template="plain"),
+    "vary-base-qwen": dict(
+        vision_config=SAM_B, clip_config=CLIP_L14_224, text_config=QWEN_7B, template="mpt", **QWEN_IMAGE_TOKENS
+    ),
+    "vary-base-vicuna": dict(
+        vision_config=SAM_B, clip_config=CLIP_L14_224, text_config=VICUNA_7B, template="vicuna_v1",
+        image_start_token_id=32000, image_end_token_id=32001, image_patch_token_id=32002,
+    ),  # fmt: skip
+    # Vary-toy: QWen-1.8B, two Linear(1024, 1024) projectors (concat 2048), CLIP mean/std + bicubic.
+    "vary-toy": dict(
+        vision_config=SAM_B, clip_config=CLIP_L14_224, text_config=QWEN_1_8B, template="mpt",
+        image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic", **QWEN_IMAGE_TOKENS,
+    ),  # fmt: skip
+    # nano: a Vary-tiny that trains on a CPU. 512px input -> 32x32 ViT grid -> 8x8 = 64 image tokens.
+    "nano": dict(
+        vision_config=dict(
+            hidden_size=192, num_hidden_layers=4, num_attention_heads=4, window_size=8, global_attn_indexes=[1, 3],
+            output_channels=128, image_size=512, patch_size=16, initializer_range=0.02,
+        ),
+        downsample_channels=[256, 384],
+        image_token_len=64,
+        text_config=dict(
+            model_type="opt", hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
+            vocab_size=8192, word_embed_proj_dim=256, max_position_embeddings=1024, pad_token_id=0,
+            bos_token_id=1, eos_token_id=1, tie_word_embeddings=True, dropout=0.0,
+        ),
+        image_start_token_id=3, image_end_token_id=4, image_patch_token_id=5, template="plain",
+    ),  # fmt: skip
+}
+
+
+def preset(name: str, **overrides: Any) -> VaryConfig:
+    """Build a named preset; `overrides` replace top-level fields, dicts are merged one level deep."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    fields = copy.deepcopy(PRESETS[name])
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(fields.get(key), dict):
+            fields[key] = {**fields[key], **value}
+        else:
+            fields[key] = value
+    return VaryConfig(**fields)
+
+
+AutoConfig.register("vary", VaryConfig, exist_ok=True)

@@ -1,0 +1,149 @@
+"""Image preprocessing for both branches and prompt building, with Pillow + numpy (no torchvision).
+
+High-resolution branch: resize to S x S (bilinear or bicubic, per the checkpoint), (x/255 - mean) / std.
+CLIP branch: shortest side -> 224 (bicubic), centre crop 224, CLIP mean/std (as CLIPImageProcessor does).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vary.config import VaryConfig
+from vary.templates import get_template
+
+ImageInput = str | Path | bytes | Image.Image
+DEFAULT_MAX_PIXELS = 64_000_000  # larger images are refused (decompression-bomb guard)
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message names the file."""
+
+
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open a path, bytes or PIL image as RGB: EXIF rotation applied, alpha flattened on white, 16-bit scaled."""
+    name = str(source) if isinstance(source, str | Path) else f"<{type(source).__name__}>"
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, str | Path):
+            path = Path(source)
+            if not path.is_file():
+                raise ImageError(f"{path}: no such file")
+            data = path.read_bytes()
+        else:
+            data = bytes(source)
+        if not data:
+            raise ImageError(f"{name}: empty file")
+        try:
+            image = Image.open(io.BytesIO(data))
+            _check_size(image, name, max_pixels)  # before decoding any pixel
+            image.load()
+        except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise ImageError(f"{name}: not a readable image ({err.__class__.__name__})") from err
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"{name}: corrupt or truncated image ({err})") from err
+    _check_size(image, name, max_pixels)
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _check_size(image: Image.Image, name: str, max_pixels: int) -> None:
+    w, h = image.size
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} = {w * h / 1e6:.0f} megapixels is over the {max_pixels / 1e6:.0f} MP limit")
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has no pixels")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale the used range to 8 bits instead of clipping at 255.
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        image = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def normalize(image: Image.Image, mean, std) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32, (x/255 - mean) / std."""
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+@dataclass
+class VaryProcessor:
+    config: VaryConfig
+    tokenizer: object  # a transformers tokenizer holding the image tokens
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    # --- images ---
+    def image_tensor(self, image: ImageInput) -> torch.Tensor:
+        """High-resolution branch input: (3, S, S)."""
+        size = self.config.image_size
+        image = load_image(image, self.max_pixels)
+        if image.size != (size, size):
+            image = image.resize((size, size), _RESAMPLE[self.config.image_resample])
+        return normalize(image, self.config.image_mean, self.config.image_std)
+
+    def clip_tensor(self, image: ImageInput) -> torch.Tensor:
+        """CLIP branch input: (3, 224, 224) after shortest-side resize and centre crop."""
+        size = self.config.clip_image_size
+        image = load_image(image, self.max_pixels)
+        w, h = image.size
+        if (w, h) != (size, size):
+            scale = size / min(w, h)
+            image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+        return normalize(image, self.config.clip_image_mean, self.config.clip_image_std)
+
+    # --- text ---
+    def prompt(self, instruction: str = "", num_images: int = 1) -> str:
+        return get_template(self.config.template).prompt(instruction, num_images, self.config.image_token_len)
+
+    def prompt_ids(self, instruction: str = "", num_images: int = 1) -> list[int]:
+        ids = self.tokenizer(self.prompt(instruction, num_images), add_special_tokens=True).input_ids
+        n_pad = ids.count(self.config.image_patch_token_id)
+        if n_pad != num_images * self.config.image_token_len:
+            raise ValueError(
+                f"the tokenizer turned {num_images} image block(s) into {n_pad} <imgpad> ids "
+                f"(expected {num_images * self.config.image_token_len}): tokenizer and model config disagree"
+            )
+        return ids
+
+    def __call__(self, images: list[ImageInput], instructions: list[str] | str = "") -> dict[str, torch.Tensor]:
+        """One image + instruction per sample -> a left-padded generation batch."""
+        if isinstance(instructions, str):
+            instructions = [instructions] * len(images)
+        if len(instructions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        rows = [self.prompt_ids(text) for text in instructions]
+        batch = left_pad(rows, self.tokenizer.pad_token_id or 0)
+        batch["pixel_values"] = torch.stack([self.image_tensor(im) for im in images])
+        if self.config.clip_config is not None:
+            batch["pixel_values_clip"] = torch.stack([self.clip_tensor(im) for im in images])
+        return batch
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left padding, so every row's last token is its newest one during generation."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row)
+        attention_mask[i, width - len(row) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

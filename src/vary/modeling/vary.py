@@ -1,0 +1,142 @@
+"""VaryForCausalLM: vision branches -> projectors -> <imgpad> splice -> any transformers causal LM.
+
+    image (N, 3, 1024, 1024) --VisionVocabulary--> (N, 256, 1024) --projector_vary--> (N, 256, H or H/2)
+    image (N, 3, 224, 224)   --CLIP (optional)----> (N, 256, 1024) --projector_clip--> (N, 256, H/2)
+    concat (CLIP first) -> (N, 256, H) replaces the 256 <imgpad> embeddings of each image, in order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from vary.config import VaryConfig
+from vary.modeling.vision_vocab import VisionVocabulary
+
+
+class VaryForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = VaryConfig
+    config: VaryConfig
+    base_model_prefix = "vary"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["SamVisionLayer", "CLIPEncoderLayer", "OPTDecoderLayer", "Qwen2DecoderLayer", "LlamaDecoderLayer"]
+
+    def __init__(self, config: VaryConfig):
+        super().__init__(config)
+        self.vision_vocab = VisionVocabulary(config.vision_config, config.downsample_channels)
+        self.projector_vary = nn.Linear(config.vision_feature_dim, config.projector_out_dim)
+        self.clip = None
+        self.projector_clip = None
+        if config.clip_config is not None:
+            self.clip = CLIPVisionModel(config.clip_config)
+            self.projector_clip = nn.Linear(config.clip_config.hidden_size, config.projector_out_dim)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    # --- embeddings (delegated to the LM, so resize_token_embeddings and tying work) ---------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # --- vision ---------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor, pixel_values_clip: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 3, S, S) [+ (N, 3, 224, 224)] -> (N, image_token_len, H) features in the LM's embedding space."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.vision_vocab)):
+            vary_features = self.vision_vocab(pixel_values.to(self.projector_vary.weight.dtype))  # (N, 256, 1024)
+        features = self.projector_vary(vary_features)
+        if self.clip is None:
+            return features
+        if pixel_values_clip is None:
+            raise ValueError("this Vary-base model has a CLIP branch: pass pixel_values_clip (224x224) too")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.clip)):
+            clip_out = self.clip(pixel_values_clip.to(self.projector_clip.weight.dtype), output_hidden_states=True)
+            clip_features = clip_out.hidden_states[self.config.vision_select_layer][:, 1:]  # drop CLS: (N, 256, 1024)
+        return torch.cat([self.projector_clip(clip_features), features], dim=-1)  # CLIP first, as the official code
+
+    def splice_image_features(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Write image features over the <imgpad> embeddings, images in reading order across the batch.
+
+        Works for batches mixing samples with one image, several images or none: image i of the flattened
+        pixel batch fills the i-th run of `image_token_len` <imgpad> tokens.
+        """
+        patch_mask = input_ids == self.config.image_patch_token_id  # (B, L)
+        n_patches = int(patch_mask.sum())
+        if n_patches != image_features.shape[0] * image_features.shape[1]:
+            raise ValueError(
+                f"the prompt holds {n_patches} <imgpad> tokens but {image_features.shape[0]} image(s) give "
+                f"{image_features.shape[0] * image_features.shape[1]} features: each image needs exactly "
+                f"{self.config.image_token_len} <imgpad> tokens (use vary.VaryProcessor to build prompts)"
+            )
+        features = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(patch_mask.unsqueeze(-1), features)
+
+    # --- forward / generation ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_clip: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """`labels` use -100 for positions without loss (prompt, image, padding); the LM shifts them."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (or inputs_embeds)")
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
+            if pixel_values is not None:
+                image_features = self.encode_images(pixel_values, pixel_values_clip)
+                inputs_embeds = self.splice_image_features(input_ids, inputs_embeds, image_features)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        # pixel_values is dropped after the prefill by transformers; our CLIP input needs the same treatment.
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            kwargs.pop("pixel_values_clip", None)
+        return super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+
+    # --- training helpers -----------------------------------------------------------------------------
+    def freeze_vision(self, vision_vocab: bool = True, clip: bool = True) -> None:
+        """Freeze vision branches (Vary-base trains only projectors + LLM). Frozen branches run without grad."""
+        for module, freeze in ((self.vision_vocab, vision_vocab), (self.clip, clip)):
+            if module is not None and freeze:
+                module.requires_grad_(False)
+
+    def num_parameters_by_part(self) -> dict[str, int]:
+        parts = {"vision_vocab": self.vision_vocab, "projector_vary": self.projector_vary, "lm": self.language_model}
+        if self.clip is not None:
+            parts |= {"clip": self.clip, "projector_clip": self.projector_clip}
+        return {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
+
+
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
