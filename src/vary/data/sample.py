@@ -17,3 +17,7 @@ class Sample:
     lang: str  # "en" or "zh"
     kind: str  # generator name: pdf, pages, tables, charts, natural, latex
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable extras (source file, page, seed...)
+
+
+class SkipSample(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a source's make() when an input cannot yield a sample; the engine counts the reason."""

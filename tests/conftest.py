@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-weight Vary models and their tokenizers, built in seconds on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vary.config import preset
+from vary.modeling.tokenizer import train_bpe_tokenizer
+from vary.modeling.vary import VaryForCausalLM
+
+TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog. 0123456789 Vary reads documents.",
+    "Provide the OCR results of this image. Convert the image to markdown format.",
+    "中文文本识别，图表转换为字典。这是一个自然图像。",
+    "It's an image of nature. The dict of the chart is: {'title': 'Sales', 'data': {'a': 1.5}}",
+]
+
+
+def tiny_config(image_size: int = 256, vocab_size: int = 512, **overrides):
+    """A Vary-tiny shape at toy size: 256px -> 16 image tokens, 2+2 layers of width 64."""
+    return preset(
+        "nano",
+        vision_config=dict(image_size=image_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           window_size=8, global_attn_indexes=[1], output_channels=32),
+        downsample_channels=[32, 64],
+        image_token_len=(image_size // 64) ** 2,
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, ffn_dim=128,
+                         word_embed_proj_dim=64, vocab_size=vocab_size, max_position_embeddings=512),
+        **overrides,
+    )  # fmt: skip
+
+
+def make_tiny_model_dir(folder: Path, seed: int = 0, **overrides) -> Path:
+    torch.manual_seed(seed)
+    tokenizer = train_bpe_tokenizer(TOKENIZER_TEXT * 20, vocab_size=400)
+    model = VaryForCausalLM(tiny_config(vocab_size=len(tokenizer), **overrides)).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny Vary-tiny (our format) with its own BPE tokenizer."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vary"))
