@@ -8,19 +8,16 @@ the images with our processor, and must match hidden states and logits within 1e
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests_paths import CONFORMANCE_DIR
 from vary.modeling.official import load_official
 from vary.modeling.processor import VaryProcessor
 
-CONFORMANCE_DIR = Path(
-    os.environ.get("VARY_CONFORMANCE_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "conformance")
-)
 CASES = sorted(p for p in CONFORMANCE_DIR.glob("*") if (p / "case.json").is_file()) if CONFORMANCE_DIR.is_dir() else []
 ATOL = 1e-3
 

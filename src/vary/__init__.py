@@ -1,8 +1,8 @@
 """vary: an open reimplementation of Vary (Wei et al., 2023, arXiv 2312.06109).
 
-    import vary
-    model, processor = vary.load("path/to/model")          # ours or an official checkpoint folder
-    config = vary.preset("nano"); model = vary.VaryForCausalLM(config)
+import vary
+model, processor = vary.load("path/to/model")          # ours or an official checkpoint folder
+config = vary.preset("nano"); model = vary.VaryForCausalLM(config)
 """
 
 __version__ = "0.1.0"

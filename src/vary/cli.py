@@ -6,6 +6,8 @@ and are registered here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -20,4 +22,35 @@ def _main() -> None:
     """Vary command line."""
 
 
+@app.command("convert")
+def convert_command(
+    src: Path = typer.Argument(..., help="official Vary checkpoint folder (varyOPTForCausalLM / varyQwenForCausalLM)"),
+    dst: Path = typer.Argument(..., help="output folder (our format: config.json + model.safetensors + tokenizer)"),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16"),
+    image_norm: str = typer.Option(
+        "imagenet", help="high-res preprocessing: 'imagenet' (Vary-base demo) or 'clip' (Vary-tiny-opt125M, Vary-toy)"
+    ),
+) -> None:
+    """Convert an official Vary checkpoint to our format."""
+    import torch
+
+    from vary.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+    from vary.modeling.loading import convert
+    from vary.modeling.official import CheckpointError
+
+    norms = {"imagenet": dict(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, image_resample="bilinear"),
+             "clip": dict(image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic")}  # fmt: skip
+    if image_norm not in norms or dtype not in ("float32", "float16", "bfloat16"):
+        raise typer.BadParameter(f"--image-norm must be one of {sorted(norms)}; --dtype float32/float16/bfloat16")
+    try:
+        out = convert(src, dst, dtype=getattr(torch, dtype), **norms[image_norm])
+    except CheckpointError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(f"wrote {out}")
+
+
 # --- sub-command registrations (one line per stage) ---
+from vary.eval.cli import eval_app  # noqa: E402 - registrations sit below the app they extend
+
+app.add_typer(eval_app, name="eval")

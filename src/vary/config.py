@@ -143,28 +143,59 @@ PRESETS: dict[str, dict[str, Any]] = {
         vision_config=SAM_B, clip_config=CLIP_L14_224, text_config=QWEN_7B, template="mpt", **QWEN_IMAGE_TOKENS
     ),
     "vary-base-vicuna": dict(
-        vision_config=SAM_B, clip_config=CLIP_L14_224, text_config=VICUNA_7B, template="vicuna_v1",
-        image_start_token_id=32000, image_end_token_id=32001, image_patch_token_id=32002,
+        vision_config=SAM_B,
+        clip_config=CLIP_L14_224,
+        text_config=VICUNA_7B,
+        template="vicuna_v1",
+        image_start_token_id=32000,
+        image_end_token_id=32001,
+        image_patch_token_id=32002,
     ),  # fmt: skip
     # Vary-toy: QWen-1.8B, two Linear(1024, 1024) projectors (concat 2048), CLIP mean/std + bicubic.
     "vary-toy": dict(
-        vision_config=SAM_B, clip_config=CLIP_L14_224, text_config=QWEN_1_8B, template="mpt",
-        image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic", **QWEN_IMAGE_TOKENS,
+        vision_config=SAM_B,
+        clip_config=CLIP_L14_224,
+        text_config=QWEN_1_8B,
+        template="mpt",
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        image_resample="bicubic",
+        **QWEN_IMAGE_TOKENS,
     ),  # fmt: skip
     # nano: a Vary-tiny that trains on a CPU. 512px input -> 32x32 ViT grid -> 8x8 = 64 image tokens.
     "nano": dict(
         vision_config=dict(
-            hidden_size=192, num_hidden_layers=4, num_attention_heads=4, window_size=8, global_attn_indexes=[1, 3],
-            output_channels=128, image_size=512, patch_size=16, initializer_range=0.02,
+            hidden_size=192,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            window_size=8,
+            global_attn_indexes=[1, 3],
+            output_channels=128,
+            image_size=512,
+            patch_size=16,
+            initializer_range=0.02,
         ),
         downsample_channels=[256, 384],
         image_token_len=64,
         text_config=dict(
-            model_type="opt", hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
-            vocab_size=8192, word_embed_proj_dim=256, max_position_embeddings=1024, pad_token_id=0,
-            bos_token_id=1, eos_token_id=1, tie_word_embeddings=True, dropout=0.0,
+            model_type="opt",
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            ffn_dim=1024,
+            vocab_size=8192,
+            word_embed_proj_dim=256,
+            max_position_embeddings=1024,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+            tie_word_embeddings=True,
+            dropout=0.0,
         ),
-        image_start_token_id=3, image_end_token_id=4, image_patch_token_id=5, template="plain",
+        image_start_token_id=3,
+        image_end_token_id=4,
+        image_patch_token_id=5,
+        template="plain",
     ),  # fmt: skip
 }
 

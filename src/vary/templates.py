@@ -47,7 +47,9 @@ def image_block(image_token_len: int) -> str:
 
 TEMPLATES: dict[str, Template] = {
     "plain": Template("plain", prefix="", infix="\n", suffix="", answer_end="\n</s>", uses_instruction=False),
-    "vicuna_v1": Template("vicuna_v1", prefix=f"{VICUNA_SYSTEM} USER: ", infix="", suffix=" ASSISTANT:", answer_end="</s>"),
+    "vicuna_v1": Template(
+        "vicuna_v1", prefix=f"{VICUNA_SYSTEM} USER: ", infix="", suffix=" ASSISTANT:", answer_end="</s>"
+    ),
     "mpt": Template(
         "mpt",
         prefix=f"{MPT_SYSTEM}<|im_end|><|im_start|>user\n",

@@ -34,7 +34,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides
     return model.eval()
 
 
-def load(path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> tuple[VaryForCausalLM, VaryProcessor]:
+def load(
+    path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any
+) -> tuple[VaryForCausalLM, VaryProcessor]:
     """Model + processor (tokenizer included) from a local folder."""
     model = load_model(path, dtype=dtype, **overrides)
     c = model.config

@@ -17,13 +17,14 @@ Nothing in the checkpoint folder is executed: no remote code, `.bin` files load 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from vary.config import IMAGENET_MEAN, IMAGENET_STD, QWEN_IMAGE_TOKENS, VaryConfig
 
@@ -84,9 +85,9 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                         yield key, f.get_tensor(key)
             else:
                 yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
-        except (OSError, RuntimeError, ValueError) as err:
-            if isinstance(err, CheckpointError):
-                raise
+        except CheckpointError:
+            raise
+        except (OSError, RuntimeError, ValueError, SafetensorError, pickle.UnpicklingError) as err:
             raise CheckpointError(f"{path}: cannot read weights ({err})") from err
 
 
@@ -139,7 +140,9 @@ def _opt_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[s
     text |= dict(model_type="opt", vocab_size=embed.shape[0], dropout=0.0, attention_dropout=0.0,
                  max_position_embeddings=sd["model.decoder.embed_positions.weight"].shape[0] - 2)  # fmt: skip
     head = sd.get("lm_head.weight")
-    text["tie_word_embeddings"] = head is None or torch.equal(head, embed)
+    # Tied if the head is absent (save_pretrained drops tied copies) or equal; meta tensors (shape-only
+    # builds) count as untied so every key keeps its place.
+    text["tie_word_embeddings"] = head is None or (head.device.type != "meta" and torch.equal(head, embed))
     return text
 
 
@@ -160,15 +163,16 @@ def _qwen_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[
     )  # fmt: skip
 
 
-def official_config(folder: Path, sd: dict[str, torch.Tensor], **overrides: Any) -> VaryConfig:
-    """Build our VaryConfig for an official checkpoint. `overrides` set preprocessing, template, clip heads."""
-    cfg = read_config(folder)
+def official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: str = "", **overrides: Any) -> VaryConfig:
+    """Our VaryConfig for an official config.json + its weights. `overrides` set preprocessing, template, clip heads."""
     family = official_family(cfg)
     if family is None:
-        raise CheckpointError(f"{folder}/config.json: not an official Vary checkpoint (architectures {cfg.get('architectures')})")
+        raise CheckpointError(
+            f"{source}/config.json: not an official Vary checkpoint (architectures {cfg.get('architectures')})"
+        )
     sam_prefix = next((p for p in SAM_PREFIXES if p + "pos_embed" in sd), None)
     if sam_prefix is None:
-        raise CheckpointError(f"{folder}: no vision vocabulary weights (looked for {', '.join(SAM_PREFIXES)}*)")
+        raise CheckpointError(f"{source}: no vision vocabulary weights (looked for {', '.join(SAM_PREFIXES)}*)")
     vision, downsample = _sam_config(sd, sam_prefix)
     fields: dict[str, Any] = dict(vision_config=vision, downsample_channels=downsample,
                                   image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, image_resample="bilinear",
@@ -237,7 +241,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor], family: str) -> dict[str, to
     for key, tensor in sd.items():
         sam_prefix = next((p for p in SAM_PREFIXES if key.startswith(p)), None)
         if sam_prefix is not None:
-            new = _apply_rules(key[len(sam_prefix):], _SAM_RULES)
+            new = _apply_rules(key[len(sam_prefix) :], _SAM_RULES)
             new = None if new is None else "vision_vocab." + new
         elif family == "qwen" and re.match(r"transformer\.h\.\d+\.attn\.c_attn\.", key):
             # fused (3H, ...) -> q, k, v
@@ -263,10 +267,10 @@ def load_official(folder: str | Path, dtype: torch.dtype = torch.float32, **over
     from vary.modeling.vary import VaryForCausalLM
 
     folder = Path(folder)
+    cfg = read_config(folder)
     sd = load_state_dict(folder)
-    config = official_config(folder, sd, **overrides)
-    family = official_family(read_config(folder))
-    converted = convert_state_dict(sd, family)
+    config = official_config(cfg, sd, source=str(folder), **overrides)
+    converted = convert_state_dict(sd, official_family(cfg))
     with torch.device("meta"):
         model = VaryForCausalLM(config)
     model = model.to_empty(device="cpu")
@@ -286,7 +290,9 @@ def assign_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
         raise CheckpointError(f"{source}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{source}: weight {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
+            raise CheckpointError(
+                f"{source}: weight {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
     _reset_buffers(model)
     if tied:

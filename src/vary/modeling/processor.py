@@ -7,6 +7,7 @@ CLIP branch: shortest side -> 224 (bicubic), centre crop 224, CLIP mean/std (as 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
         if not data:
             raise ImageError(f"{name}: empty file")
         try:
-            image = Image.open(io.BytesIO(data))
+            with warnings.catch_warnings():  # our own pixel limit below replaces Pillow's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
             _check_size(image, name, max_pixels)  # before decoding any pixel
             image.load()
         except (UnidentifiedImageError, Image.DecompressionBombError) as err:

@@ -23,9 +23,7 @@ from vary.prompts import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
 IMAGE_TOKENS = (IMAGE_START_TOKEN, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN)
 
 # QWen-VL's special tokens, in id order from 151643 (Vary's QWen tokenizer uses exactly this list).
-QWEN_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 QWEN_SPECIAL_TOKENS = (
     ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     + [f"<|extra_{i}|>" for i in range(205)]
@@ -59,9 +57,13 @@ def check_image_tokens(tok: PreTrainedTokenizerFast, expected: dict[str, int] | 
     for token in IMAGE_TOKENS:
         ids = tok.encode(token, add_special_tokens=False)
         if len(ids) != 1:
-            raise TokenizerError(f"{source}: the tokenizer has no {token} token (a stock tokenizer lacks Vary's image tokens)")
+            raise TokenizerError(
+                f"{source}: the tokenizer has no {token} token (a stock tokenizer lacks Vary's image tokens)"
+            )
         if expected is not None and token in expected and ids[0] != expected[token]:
-            raise TokenizerError(f"{source}: {token} is id {ids[0]} in the tokenizer but {expected[token]} in the model config")
+            raise TokenizerError(
+                f"{source}: {token} is id {ids[0]} in the tokenizer but {expected[token]} in the model config"
+            )
 
 
 def _own_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
@@ -73,7 +75,9 @@ def _own_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     config_path = folder / "tokenizer_config.json"
     if config_path.is_file():
         cfg = json.loads(config_path.read_text())
-        special = {k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(cfg.get(k), str)}
+        special = {
+            k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(cfg.get(k), str)
+        }
     return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
 
 
@@ -91,7 +95,9 @@ def qwen_tokenizer(ranks_file: Path) -> PreTrainedTokenizerFast:
     return tok
 
 
-def gpt2_tokenizer(vocab_file: Path, merges_file: Path, added_tokens_file: Path | None = None) -> PreTrainedTokenizerFast:
+def gpt2_tokenizer(
+    vocab_file: Path, merges_file: Path, added_tokens_file: Path | None = None
+) -> PreTrainedTokenizerFast:
     """OPT/GPT-2 BPE from vocab.json + merges.txt; image tokens from added_tokens.json at their recorded ids."""
     vocab = json.loads(Path(vocab_file).read_text())
     merges = [tuple(line.split()) for line in Path(merges_file).read_text().splitlines()[1:] if line.strip()]
@@ -109,13 +115,19 @@ def gpt2_tokenizer(vocab_file: Path, merges_file: Path, added_tokens_file: Path 
                                   ("unk_token", "<unk>")) if v in vocab}  # fmt: skip
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
     if "</s>" in vocab:  # OPT prepends </s> as its bos
-        backend.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", vocab["</s>"])])
+        backend.post_processor = processors.TemplateProcessing(
+            single="</s> $A", special_tokens=[("</s>", vocab["</s>"])]
+        )
         tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
     for token, idx in added.items():
         if tok.convert_tokens_to_ids(token) != idx:
-            raise TokenizerError(f"{added_tokens_file}: {token} should be id {idx}, got {tok.convert_tokens_to_ids(token)}")
+            raise TokenizerError(
+                f"{added_tokens_file}: {token} should be id {idx}, got {tok.convert_tokens_to_ids(token)}"
+            )
     if len(tok) < len(vocab):
-        raise TokenizerError(f"{vocab_file}: built a tokenizer of {len(tok)} tokens from a {len(vocab)}-entry vocabulary")
+        raise TokenizerError(
+            f"{vocab_file}: built a tokenizer of {len(tok)} tokens from a {len(vocab)}-entry vocabulary"
+        )
     return tok
 
 

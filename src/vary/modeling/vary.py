@@ -1,8 +1,8 @@
 """VaryForCausalLM: vision branches -> projectors -> <imgpad> splice -> any transformers causal LM.
 
-    image (N, 3, 1024, 1024) --VisionVocabulary--> (N, 256, 1024) --projector_vary--> (N, 256, H or H/2)
-    image (N, 3, 224, 224)   --CLIP (optional)----> (N, 256, 1024) --projector_clip--> (N, 256, H/2)
-    concat (CLIP first) -> (N, 256, H) replaces the 256 <imgpad> embeddings of each image, in order.
+image (N, 3, 1024, 1024) --VisionVocabulary--> (N, 256, 1024) --projector_vary--> (N, 256, H or H/2)
+image (N, 3, 224, 224)   --CLIP (optional)----> (N, 256, 1024) --projector_clip--> (N, 256, H/2)
+concat (CLIP first) -> (N, 256, H) replaces the 256 <imgpad> embeddings of each image, in order.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
-    _no_split_modules = ["SamVisionLayer", "CLIPEncoderLayer", "OPTDecoderLayer", "Qwen2DecoderLayer", "LlamaDecoderLayer"]
+    _no_split_modules = [
+        "SamVisionLayer",
+        "CLIPEncoderLayer",
+        "OPTDecoderLayer",
+        "Qwen2DecoderLayer",
+        "LlamaDecoderLayer",
+    ]
 
     def __init__(self, config: VaryConfig):
         super().__init__(config)
