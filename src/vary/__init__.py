@@ -1,15 +1,32 @@
 """vary: an open reimplementation of Vary (Wei et al., 2023, arXiv 2312.06109).
 
-import vary
-model, processor = vary.load("path/to/model")          # ours or an official checkpoint folder
-config = vary.preset("nano"); model = vary.VaryForCausalLM(config)
+    import vary
+    model, processor = vary.load("path/to/model")          # ours or an official checkpoint folder
+    config = vary.preset("nano"); model = vary.VaryForCausalLM(config)
+
+Public names are imported lazily, so `vary data ...` and other torch-free paths start fast.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from vary.config import PRESETS, VaryConfig, preset  # noqa: E402
-from vary.modeling.loading import convert, load, load_model  # noqa: E402
-from vary.modeling.processor import VaryProcessor  # noqa: E402
-from vary.modeling.vary import VaryForCausalLM  # noqa: E402
+_PUBLIC = {
+    "PRESETS": "vary.config",
+    "VaryConfig": "vary.config",
+    "preset": "vary.config",
+    "VaryForCausalLM": "vary.modeling.vary",
+    "VaryProcessor": "vary.modeling.processor",
+    "load": "vary.modeling.loading",
+    "load_model": "vary.modeling.loading",
+    "convert": "vary.modeling.loading",
+}
+__all__ = sorted(_PUBLIC)
 
-__all__ = ["PRESETS", "VaryConfig", "VaryForCausalLM", "VaryProcessor", "convert", "load", "load_model", "preset"]
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'vary' has no attribute {name!r}")
