@@ -22,6 +22,7 @@ _PUBLIC = {
     "load": "vary.modeling.loading",
     "load_model": "vary.modeling.loading",
     "convert": "vary.modeling.loading",
+    "Pipeline": "vary.infer.pipeline",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -1,0 +1,52 @@
+"""`vary eval run` and `vary eval compare`: thin wrappers over vary.eval.runner / vary.eval.report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+eval_app = typer.Typer(help="Score models and OCR baselines with the paper's metrics.", no_args_is_help=True)
+
+
+@eval_app.command("run")
+def run_cmd(
+    data: Path = typer.Option(..., "--data", help="dataset: shards (.tar / folder), DocVQA or ChartQA .json, or a folder of images + .txt/.md"),
+    model: list[str] = typer.Option(..., "--model", help="tesseract, tesseract:LANG, rapidocr, or a model directory; repeatable"),
+    out: Path = typer.Option(..., "--out", help="output folder for report.md, results.json, plot.png"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="score only the first N records"),
+    fox_compatible: bool = typer.Option(False, "--fox-compatible", help="swap (prediction, reference) as the public Fox/GOT scripts do"),
+    dataset_format: str = typer.Option("auto", "--format", help="auto, shards, docvqa, chartqa or folder"),
+) -> None:  # fmt: skip
+    """Score one or more models on a dataset and write a report."""
+    from vary.eval.report import render_markdown
+    from vary.eval.runner import run_eval
+
+    try:
+        run, paths = run_eval(
+            data, model, out, limit=limit, fox_compatible=fox_compatible, dataset_format=dataset_format
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(render_markdown(run))
+    typer.echo("\n".join(f"wrote {p}" for p in paths.values()))
+
+
+@eval_app.command("compare")
+def compare_cmd(
+    a: Path = typer.Argument(..., help="results.json of the first run"),
+    b: Path = typer.Argument(..., help="results.json of the second run"),
+    out: Path | None = typer.Option(None, "--out", help="also write the comparison to this markdown file"),
+) -> None:
+    """Put two runs side by side on the records they share."""
+    from vary.eval.report import compare_runs, load_run
+
+    try:
+        text = compare_runs(load_run(a), load_run(b), label_a=str(a), label_b=str(b))
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(text)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
