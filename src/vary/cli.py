@@ -50,7 +50,15 @@ def convert_command(
     typer.echo(f"wrote {out}")
 
 
-# --- sub-command registrations (one line per stage) ---
-from vary.eval.cli import eval_app  # noqa: E402 - registrations sit below the app they extend
+# --- sub-command registrations (one line per stage; each module keeps torch imports inside its commands) ---
+from vary.data.cli import app as data_app  # noqa: E402
+from vary.eval.cli import eval_app  # noqa: E402
+from vary.infer.cli import ocr_command  # noqa: E402
+from vary.serve.cli import serve_command  # noqa: E402
+from vary.train.cli import train_app  # noqa: E402
 
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.command("ocr")(ocr_command)
+app.command("serve")(serve_command)

@@ -1,0 +1,98 @@
+"""`vary train run|show|plot`: thin wrappers over vary.train.trainer / recipes / plot.
+
+vary train run nano --data data/pages train.max_steps=500 optim.lr=3e-4
+torchrun --nproc_per_node 2 -m vary train run nano --data data/pages        # 2 CPU processes (gloo)
+accelerate launch --config_file my_gpus.yaml -m vary train run vary-tiny --data data/tiny
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+train_app = typer.Typer(
+    help="Train Vary stages (vary-tiny, vary-base-pretrain, vary-base-sft, nano).", no_args_is_help=True
+)
+
+RECIPE_HELP = "a recipe name from configs/ (nano, vary-tiny, vary-base-pretrain, vary-base-sft) or a YAML path"
+OVERRIDES_HELP = "recipe overrides, key.path=value (YAML values), e.g. optim.lr=1e-4 train.max_steps=100"
+
+
+def _recipe(recipe: str, overrides: list[str] | None, data: list[str] | None, out: Path | None):
+    from vary.train.recipes import load_recipe
+
+    extra = list(overrides or [])
+    if data:
+        extra.append("data.sources=[" + ", ".join(f"{{path: '{d}'}}" for d in data) + "]")
+    if out is not None:
+        extra.append(f"train.output_dir='{out}'")
+    return load_recipe(recipe, extra)
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg="red", err=True)
+    raise typer.Exit(2) from err
+
+
+@train_app.command("run")
+def run_cmd(
+    recipe: str = typer.Argument(..., help=RECIPE_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    data: list[str] | None = typer.Option(None, "--data", help="shard folder or LLaVA JSON; repeatable; replaces data.sources"),
+    out: Path | None = typer.Option(None, "--out", help="run folder (train.output_dir)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in the run folder"),
+    resume_from: Path | None = typer.Option(None, "--resume-from", help="continue from this checkpoint folder"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or report"),
+) -> None:  # fmt: skip
+    """Train a recipe; checkpoints, log.jsonl and TensorBoard go to the run folder."""
+    from vary.data.dataset import DataError
+    from vary.modeling.official import CheckpointError
+    from vary.modeling.tokenizer import TokenizerError
+    from vary.train.init import InitError
+    from vary.train.recipes import RecipeError
+    from vary.train.trainer import OutOfMemory, Trainer
+
+    try:
+        r = _recipe(recipe, overrides, data, out)
+        trainer = Trainer(r, resume=resume_from or resume, progress=not quiet)
+        state = trainer.train()
+    except OutOfMemory as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(3) from err
+    except (RecipeError, DataError, InitError, CheckpointError, TokenizerError, FileNotFoundError) as err:
+        _fail(err)
+    if trainer.main:
+        skipped = ", ".join(f"{k} {v}" for k, v in state.skipped.items()) or "none"
+        typer.echo(
+            f"done: {state.step} steps, {state.samples} samples, {state.tokens} answer tokens in {state.elapsed:.0f} s; "
+            f"truncated {state.truncated}, skipped {skipped}\nmodel: {trainer.out / 'model'}"
+        )
+
+
+@train_app.command("show")
+def show_cmd(
+    recipe: str = typer.Argument(..., help=RECIPE_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Print a recipe with its overrides applied (and checked)."""
+    from vary.train.recipes import RecipeError
+
+    try:
+        typer.echo(_recipe(recipe, overrides, None, None).to_yaml())
+    except RecipeError as err:
+        _fail(err)
+
+
+@train_app.command("plot")
+def plot_cmd(
+    run_dir: Path = typer.Argument(..., help="a run folder (holds log.jsonl)"),
+    out: Path | None = typer.Option(None, "--out", help="PNG path (default RUN_DIR/curves.png)"),
+) -> None:
+    """Loss and learning-rate curves of a run as a PNG."""
+    from vary.train.plot import plot_run
+
+    try:
+        typer.echo(f"wrote {plot_run(run_dir, out)}")
+    except FileNotFoundError as err:
+        _fail(err)
