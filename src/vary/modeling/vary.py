@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin,
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vary.config import VaryConfig
+from vary.modeling import fast
 from vary.modeling.vision_vocab import VisionVocabulary
 
 
@@ -124,11 +125,25 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def generate(self, *args, **kwargs):
+        if self.vision_vocab.fast_cpu and self.device.type == "cpu":
+            fast.add_decoding_cache(self, kwargs)  # append-in-place KV cache instead of torch.cat per token
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         # pixel_values is dropped after the prefill by transformers; our CLIP input needs the same treatment.
         if not is_first_iteration and kwargs.get("use_cache", True):
             kwargs.pop("pixel_values_clip", None)
         return super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+
+    def enable_fast_cpu_path(self, enabled: bool = True) -> VaryForCausalLM:
+        """Run CPU inference through `vary.modeling.fast`: same outputs (within float rounding), less time and memory.
+
+        Off by default. Affects only CPU tensors without autograd in eval mode; training and GPUs keep the plain
+        transformers path. Returns the model, so `model = VaryForCausalLM(config).eval().enable_fast_cpu_path()`.
+        """
+        self.vision_vocab.fast_cpu = enabled
+        return self
 
     # --- training helpers -----------------------------------------------------------------------------
     def freeze_vision(self, vision_vocab: bool = True, clip: bool = True) -> None:

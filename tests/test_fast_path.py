@@ -1,0 +1,146 @@
+"""The fast CPU path (vary/modeling/fast.py) gives the plain transformers path's outputs on small configs.
+
+Vision vocabulary within 1e-4 (windowed blocks with and without padding, global blocks, batches), greedy ids
+identical, the append-in-place KV cache identical to transformers' DynamicCache, and the official conformance
+cases still pass with the fast path on.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, OPTConfig
+
+from conftest import tiny_config
+from test_conformance import CASES, _case_inputs, _load_case_model
+from vary.modeling import fast
+from vary.modeling.vary import VaryForCausalLM
+
+ATOL = 1e-4
+
+
+def _randomise_vision(model: VaryForCausalLM) -> None:
+    """SAM initialises biases, norms and position embeddings to constants; make them matter, so that the test
+    catches a wrong padding value, a swapped index or a dropped bias."""
+    for name, param in model.vision_vocab.named_parameters():
+        if param.dim() == 1 or "rel_pos" in name or "pos_embed" in name:
+            torch.nn.init.normal_(param, mean=1.0 if "layer_norm" in name else 0.0, std=0.5)
+
+
+@pytest.fixture
+def fast_calls(monkeypatch) -> list[int]:
+    """Counts calls into the fast encoder, so a silent fallback to the plain path fails the test."""
+    calls: list[int] = []
+    original = fast.sam_encoder_forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fast, "sam_encoder_forward", counted)
+    return calls
+
+
+VISION_CASES = {
+    # 16x16 grid, window 8: no padding; block 1 global.
+    "windows_exact": dict(),
+    # 16x16 grid, window 6: windows padded to 18x18, as SAM-B's 64 -> 70 at 1024 px; block 0 global.
+    "windows_padded": dict(window_size=6, global_attn_indexes=[0]),
+    # no relative positions, no qkv bias, no absolute positions
+    "plain_attention": dict(window_size=5, use_rel_pos=False, qkv_bias=False, use_abs_pos=False),
+}
+
+
+@pytest.mark.parametrize("name", VISION_CASES)
+def test_vision_vocabulary_fast_matches_plain(name, fast_calls):
+    torch.manual_seed(0)
+    config = tiny_config()
+    for key, value in VISION_CASES[name].items():
+        setattr(config.vision_config, key, value)
+    model = VaryForCausalLM(config).eval()
+    _randomise_vision(model)
+    pixels = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        plain = model.vision_vocab(pixels)
+        model.enable_fast_cpu_path()
+        quick = model.vision_vocab(pixels)
+    assert fast_calls, "the fast path was not used"
+    assert quick.shape == plain.shape == (2, model.config.image_token_len, model.config.vision_feature_dim)
+    torch.testing.assert_close(quick, plain, atol=ATOL, rtol=0)
+
+
+def test_fast_path_keeps_autograd_and_training_on_the_plain_path(fast_calls):
+    torch.manual_seed(0)
+    model = VaryForCausalLM(tiny_config()).enable_fast_cpu_path()
+    pixels = torch.randn(1, 3, 256, 256)
+    model.eval()
+    model.vision_vocab(pixels).sum().backward()  # grad enabled: plain path, gradients flow
+    model.train()
+    with torch.no_grad():
+        model.vision_vocab(pixels)
+    assert not fast_calls
+    assert model.vision_vocab.encoder.patch_embed.projection.weight.grad is not None
+
+
+def test_fast_path_logits_and_greedy_ids_match_plain(fast_calls):
+    torch.manual_seed(0)
+    model = VaryForCausalLM(tiny_config()).eval()
+    _randomise_vision(model)
+    cfg = model.config
+    ids = torch.tensor([[1, cfg.image_start_token_id] + [cfg.image_patch_token_id] * 16 + [cfg.image_end_token_id, 9]])
+    pixels = torch.randn(1, 3, 256, 256)
+    kwargs = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        plain_logits = model(input_ids=ids, pixel_values=pixels).logits
+        plain_ids = model.generate(input_ids=ids, pixel_values=pixels, **kwargs)
+        model.enable_fast_cpu_path()
+        fast_logits = model(input_ids=ids, pixel_values=pixels).logits
+        fast_out = model.generate(input_ids=ids, pixel_values=pixels, return_dict_in_generate=True, **kwargs)
+    torch.testing.assert_close(fast_logits, plain_logits, atol=ATOL, rtol=0)
+    assert isinstance(fast_out.cache, fast.PreallocatedCache)
+    assert fast_out.sequences.tolist() == plain_ids.tolist()
+    assert len(fast_calls) == 2
+
+
+def test_preallocated_cache_matches_dynamic_cache(monkeypatch):
+    """Growing past the buffer, beam search (reorders) and several sequences per prompt (batch repeat)."""
+    monkeypatch.setattr(fast.PreallocatedLayer, "initial_capacity", 4)  # 5-token prompt: regrows at token 11
+    torch.manual_seed(0)
+    config = OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, vocab_size=97,
+                       word_embed_proj_dim=32, max_position_embeddings=128)  # fmt: skip
+    lm = AutoModelForCausalLM.from_config(config).eval()
+    prompt = torch.randint(3, 97, (2, 5))
+    for kwargs in (dict(do_sample=False), dict(num_beams=2, num_return_sequences=2, do_sample=False)):
+        kwargs |= dict(max_new_tokens=12, min_new_tokens=12, eos_token_id=None, pad_token_id=1)
+        expected = lm.generate(prompt, **kwargs)
+        got = lm.generate(prompt, cache=fast.PreallocatedCache(), **kwargs)
+        assert got.tolist() == expected.tolist(), kwargs
+
+
+def test_caller_cache_choice_is_respected():
+    model = VaryForCausalLM(tiny_config()).eval()
+    for kwargs in (dict(use_cache=False), dict(cache_implementation="static"), dict(cache="mine")):
+        fast.add_decoding_cache(model, kwargs)
+        assert not isinstance(kwargs.get("cache"), fast.PreallocatedCache), kwargs
+    kwargs: dict = {}
+    fast.add_decoding_cache(model, kwargs)
+    assert isinstance(kwargs["cache"], fast.PreallocatedCache)
+
+
+@pytest.mark.parametrize("case_dir", CASES, ids=[p.name for p in CASES])
+def test_official_parity_with_fast_path(case_dir, fast_calls):
+    """The conformance suite (full 64x64 grid: padded 14x14 windows and a 4096-token global block), fast path on."""
+    case, model = _load_case_model(case_dir)
+    model.enable_fast_cpu_path()
+    expected = load_file(case_dir / "expected.safetensors")
+    inputs = _case_inputs(case_dir, model)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        generated = model.generate(
+            **inputs, max_new_tokens=case["max_new_tokens"], min_new_tokens=case["max_new_tokens"],
+            do_sample=False, eos_token_id=None, pad_token_id=0,
+        )  # fmt: skip
+    assert fast_calls
+    torch.testing.assert_close(out.hidden_states[-1][0], expected["last_hidden_state"], atol=1e-3, rtol=0)
+    assert generated[0, inputs["input_ids"].shape[1] :].tolist() == expected["generated_ids"].tolist()
