@@ -2,7 +2,7 @@
 
 vary train run nano --data data/pages train.max_steps=500 optim.lr=3e-4
 torchrun --nproc_per_node 2 -m vary train run nano --data data/pages        # 2 CPU processes (gloo)
-accelerate launch --config_file my_gpus.yaml -m vary train run vary-tiny --data data/tiny
+accelerate launch --config_file configs/accelerate/deepspeed-zero2.yaml -m vary train run vary-tiny --data data/tiny
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
     python -m vary train run nano                                                   # one process
     torchrun --nproc_per_node 2 -m vary train run nano                              # N CPU processes (gloo)
-    accelerate launch --config_file zero2.yaml -m vary train run vary-tiny          # GPUs, nodes, ZeRO/FSDP
+    accelerate launch --config_file configs/accelerate/deepspeed-zero2.yaml -m vary train run vary-tiny
+                                             # ZeRO-2/3 or FSDP2 (fsdp.yaml), on CPU (gloo) or GPUs
 
 One optimizer step = `global_batch_size` samples = batch_size x processes x accumulation micro-batches.
 The loss is the mean over *all answer tokens of the global batch*: each micro-batch contributes its token
@@ -12,13 +13,15 @@ hold instead of as much as a five-word caption (mean-of-means favours short targ
 
 Run folder:  recipe.yaml, log.jsonl (one line per step), tensorboard/, init_report.json, tokenizer/
              checkpoint-0000100/ (accelerate state: model, optimizer, scheduler, RNG per process; plus
-             trainer_state.json, config.json and the tokenizer, so `vary.load(checkpoint)` works)
+             trainer_state.json, config.json and the tokenizer, so `vary.load(checkpoint)` works; a
+             DeepSpeed or FSDP checkpoint holds that engine's sharded format instead)
              model/ (the final model, save_pretrained + tokenizer)
 Checkpoints are written to a hidden temporary folder and renamed when complete; the last `keep_last` stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_scheduler
@@ -154,7 +157,17 @@ class Trainer:
         if cpu and precision != "no":
             warnings.warn(f"train.mixed_precision={precision} needs a GPU; this CPU run uses fp32", stacklevel=2)
             precision = "no"
-        world = PartialState(cpu=cpu).num_processes
+        # accelerate switches DeepSpeed off when cpu=True, and turns FSDP on only for GPU-type process groups.
+        # Both run on CPU (DeepSpeed on its CPU accelerator, torch FSDP2 over gloo), so their processes start
+        # with cpu=False and an explicit gloo group, and FSDP is switched on by hand once the Accelerator exists.
+        sharded = {
+            e: os.environ.get(e, "false").lower() == "true" for e in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
+        }
+        fsdp_on_cpu = cpu and sharded["ACCELERATE_USE_FSDP"]
+        group = {"backend": "gloo"} if cpu and any(sharded.values()) else {}
+        if group:
+            cpu = False
+        world = PartialState(cpu=cpu, **group).num_processes
         per_step = r.train.batch_size * world
         if r.train.global_batch_size % per_step:
             raise RecipeError(
@@ -166,9 +179,12 @@ class Trainer:
             cpu=cpu,
             mixed_precision=precision,
             gradient_accumulation_steps=self.accumulation,
+            kwargs_handlers=[InitProcessGroupKwargs(**group)] if group else None,
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
         )
+        if fsdp_on_cpu:
+            _enable_fsdp(self.accelerator)
         self.main = self.accelerator.is_main_process
         if not self.resume and list_checkpoints(self.out):
             raise RecipeError(
@@ -182,7 +198,8 @@ class Trainer:
         set_seed(r.train.seed)
         self.sources = self._open_sources()
         self.tokenizer = self._tokenizer()
-        self.model, reports = build_model(r, self.tokenizer)
+        with self._whole_model_init():
+            self.model, reports = build_model(r, self.tokenizer)
         c = self.model.config
         ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}
         check_image_tokens(self.tokenizer, ids, source="the training tokenizer")
@@ -204,8 +221,14 @@ class Trainer:
             scheduler_specific_kwargs={"min_lr": r.optim.min_lr} if r.optim.scheduler == "cosine" else None,
         )
         deepspeed = self.accelerator.state.deepspeed_plugin
-        if deepspeed is not None:  # no DataLoader goes through prepare(), so DeepSpeed is told the micro-batch
-            deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = r.train.batch_size
+        if deepspeed is not None:  # the recipe, not the accelerate config file, sets the batch shape and clipping
+            self._configure_deepspeed(deepspeed.deepspeed_config)
+        fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)  # absent unless FSDP runs
+        if fsdp is not None and fsdp.transformer_cls_names_to_wrap is None:
+            # accelerate wraps every class of _no_split_modules and fails on one the model lacks (a Vary-tiny
+            # has no CLIP): wrap the block classes this model has.
+            present = {type(m).__name__ for m in self.model.modules()}
+            fsdp.transformer_cls_names_to_wrap = [n for n in self.model._no_split_modules if n in present]
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it once
         # per process); registering it puts it in every checkpoint.
@@ -213,6 +236,37 @@ class Trainer:
         self._maybe_resume()
         self.loader = self._loader()
         self.accelerator.init_trackers("run", init_kwargs={"tensorboard": {"purge_step": self.state.step + 1}})
+
+    @contextlib.contextmanager
+    def _whole_model_init(self):
+        """Build the model whole under ZeRO-3 unless the config sets zero3_init_flag. accelerate's ZeRO-3 plugin
+        registers its config with transformers as soon as it exists, flag or not, and transformers then builds
+        every `from_config` sub-model under deepspeed.zero.Init; VaryForCausalLM's weight init cannot touch such
+        empty partitioned tensors ("index 0 is out of bounds for dimension 0")."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None or plugin.is_zero3_init_enabled():
+            yield
+            return
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            plugin.set_deepspeed_weakref()  # registered again: transformers gathers ZeRO-3 shards where needed
+
+    def _configure_deepspeed(self, config: dict) -> None:
+        """No DataLoader goes through prepare(), so DeepSpeed is told the micro-batch; accumulation and
+        clipping come from the recipe too (a value in the accelerate config file would silently win).
+        DeepSpeed then clips, scales the loss by 1/accumulation and averages gradients over processes itself."""
+        r = self.recipe
+        config["train_micro_batch_size_per_gpu"] = r.train.batch_size
+        config["gradient_accumulation_steps"] = self.accumulation
+        config["train_batch_size"] = r.train.global_batch_size
+        config["gradient_clipping"] = r.optim.max_grad_norm  # 0 = no clipping, as in the recipe
+        zero = config.setdefault("zero_optimization", {})
+        if zero.get("stage") == 3:  # save_model() needs the full weights gathered from the shards
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
 
     def _print(self, text: str) -> None:
         if self.main and self.progress:
@@ -472,6 +526,21 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         scalars = {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"}
         self.accelerator.log({f"train/{k}": v for k, v in scalars.items()}, step=record["step"])
+
+
+def _enable_fsdp(accelerator: Accelerator) -> None:
+    """FSDP on CPU processes: accelerate's state machine only selects its FSDP plugin for GPU-type process
+    groups, while torch's FSDP2 shards over gloo on CPU too. Set the state accelerate would have set, with the
+    plugin built from the same FSDP_* variables `accelerate launch --config_file fsdp.yaml` exports."""
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType
+
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise RecipeError("FSDP on CPU is supported with fsdp_version: 2 (FSDP2) in the accelerate config only")
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def _fsync_dir(path: Path) -> None:
