@@ -146,7 +146,7 @@ def _opt_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[s
     return text
 
 
-def _qwen_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+def qwen_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[str, Any]:
     hidden = sd["transformer.wte.weight"].shape[1]
     heads = cfg.get("num_attention_heads") or hidden // cfg.get("kv_channels", 128)
     layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"transformer\.h\.(\d+)\.", k)))
@@ -183,7 +183,7 @@ def official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: st
                        image_token_len=cfg.get("image_token_len", 256), image_start_token_id=cfg["im_start_token"],
                        image_end_token_id=cfg["im_end_token"], image_patch_token_id=cfg["im_patch_token"])  # fmt: skip
     else:
-        fields |= dict(text_config=_qwen_text_config(cfg, sd), template="mpt",
+        fields |= dict(text_config=qwen_text_config(cfg, sd), template="mpt",
                        image_token_len=cfg.get("image_token_len", 256), **QWEN_IMAGE_TOKENS)  # fmt: skip
         if "transformer.vision_tower.vision_model.embeddings.class_embedding" in sd:
             fields["clip_config"] = _clip_config(sd, "transformer.vision_tower.", clip_heads)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from vary.config import PRESETS, VaryConfig
 from vary.modeling.loading import load_model
 from vary.modeling.official import (
-    _qwen_text_config,  # the config reader for first-generation QWen weights lives with the converter
+    qwen_text_config,  # the config reader for first-generation QWen weights lives with the converter
     convert_state_dict,
     load_state_dict,
     official_family,
@@ -142,7 +142,7 @@ def build_config(recipe: Recipe, tokenizer, llm_state: dict[str, torch.Tensor] |
 def llm_text_config(folder: Path, state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
     cfg = read_config(folder)
     if cfg.get("model_type") == "qwen":  # first-generation QWen (remote code): sizes come from the weights
-        return _qwen_text_config(cfg, state if state is not None else read_weights(folder))
+        return qwen_text_config(cfg, state if state is not None else read_weights(folder))
     if "model_type" not in cfg:
         raise InitError(f"{folder}/config.json: no model_type; is this a Hugging Face causal-LM folder?")
     return cfg
