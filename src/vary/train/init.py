@@ -27,10 +27,10 @@ from safetensors.torch import load_file
 from vary.config import PRESETS, VaryConfig
 from vary.modeling.loading import load_model
 from vary.modeling.official import (
-    qwen_text_config,  # the config reader for first-generation QWen weights lives with the converter
     convert_state_dict,
     load_state_dict,
     official_family,
+    qwen_text_config,  # the config reader for first-generation QWen weights lives with the converter
     read_config,
 )
 from vary.modeling.tokenizer import IMAGE_TOKENS, train_bpe_tokenizer
