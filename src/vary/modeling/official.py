@@ -96,12 +96,20 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 # --- config ------------------------------------------------------------------------------------------
+def _count_numbered(sd: dict[str, torch.Tensor], pattern: str) -> int:
+    """Number of blocks/layers: 1 + the largest index captured by `pattern` in the state dict's keys."""
+    indices = [int(m.group(1)) for k in sd if (m := re.match(pattern, k))]
+    if not indices:
+        raise CheckpointError(f"no weights match {pattern!r}: the checkpoint is incomplete")
+    return 1 + max(indices)
+
+
 def _sam_config(sd: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, Any], list[int]]:
     """Every SAM size can be read off the weights (rel_pos rows tell window vs global blocks)."""
     proj = sd[prefix + "patch_embed.proj.weight"]  # (embed, 3, patch, patch)
     embed, patch = proj.shape[0], proj.shape[-1]
     grid = sd[prefix + "pos_embed"].shape[1]
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", k)))
+    depth = _count_numbered(sd, re.escape(prefix) + r"blocks\.(\d+)\.")
     rel = [sd[f"{prefix}blocks.{i}.attn.rel_pos_h"].shape for i in range(depth)]
     head_dim = rel[0][1]
     global_blocks = [i for i, shape in enumerate(rel) if shape[0] == 2 * grid - 1]
@@ -121,7 +129,7 @@ def _clip_config(sd: dict[str, torch.Tensor], prefix: str, num_heads: int | None
     patch_w = sd[p + "embeddings.patch_embedding.weight"]  # (hidden, 3, patch, patch)
     hidden, patch = patch_w.shape[0], patch_w.shape[-1]
     grid = int(round((sd[p + "embeddings.position_embedding.weight"].shape[0] - 1) ** 0.5))
-    layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(re.escape(p) + r"encoder\.layers\.(\d+)\.", k)))
+    layers = _count_numbered(sd, re.escape(p) + r"encoder\.layers\.(\d+)\.")
     # Head count is not in the weights: CLIP ViTs use 64-dim heads (L/14: 1024/64 = 16).
     return dict(
         model_type="clip_vision_model", hidden_size=hidden, patch_size=patch, image_size=grid * patch,
@@ -149,7 +157,7 @@ def _opt_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[s
 def qwen_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[str, Any]:
     hidden = sd["transformer.wte.weight"].shape[1]
     heads = cfg.get("num_attention_heads") or hidden // cfg.get("kv_channels", 128)
-    layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"transformer\.h\.(\d+)\.", k)))
+    layers = _count_numbered(sd, r"transformer\.h\.(\d+)\.")
     if cfg.get("rotary_pct", 1.0) != 1.0:
         raise CheckpointError("QWen checkpoints with rotary_pct != 1 have no Qwen2 equivalent")
     return dict(
