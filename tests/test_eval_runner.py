@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from vary.cli import app
 from vary.eval.baselines import UnsupportedTask, get_predictor, join_reading_order
 from vary.eval.datasets import EvalRecord, UnknownDatasetFormat, detect_format, load_dataset
-from vary.eval.report import compare_runs, load_run, render_markdown, write_outputs
+from vary.eval.report import compare_runs, load_run, merge_runs, render_markdown, write_outputs
 from vary.eval.runner import evaluate
 
 EN_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -283,3 +283,38 @@ def test_markdown_pages_are_reported_by_part(tmp_path):
     report = render_markdown(run)
     assert "| text ED ↓ | text F1 ↑ | formula ED ↓ |" in report
     assert "| echo | 1 |" in report and "| 0.000 | 100.00 | 1.000 | 0.00 | 1.000 | 0.00 |" in report
+
+
+def test_merge_puts_models_of_separate_runs_in_one_report(tmp_path):
+    recs = _records()[:2]
+    meta = {"dataset": "set", "limit": None}
+    base = evaluate(recs, [OcrOnly()], progress=False, meta={**meta, "model_specs": ["ocr-only"]})
+    new = evaluate(recs, [Echo("hello world")], progress=False, meta={**meta, "model_specs": ["echo"]})
+    write_outputs(base, tmp_path / "a")
+    write_outputs(new, tmp_path / "b")
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "merge",
+            str(tmp_path / "a/results.json"),
+            str(tmp_path / "b/results.json"),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    merged = load_run(tmp_path / "m/results.json")
+    s = merged.summary()
+    assert set(s) == {"ocr-only", "echo"} and s["echo"]["vqa"]["anls"] == 1.0 and s["ocr-only"]["vqa"]["n"] == 0
+    assert merged.meta["model_specs"] == ["ocr-only", "echo"] and "| echo |" in (tmp_path / "m/report.md").read_text()
+    # the same model twice, or runs on different data, are refused with the reason
+    assert (
+        CliRunner()
+        .invoke(app, ["eval", "merge", str(tmp_path / "b/results.json")] * 2 + ["--out", str(tmp_path / "x")])
+        .exit_code
+        == 2
+    )
+    other = evaluate(recs, [Echo("x")], progress=False, meta={"dataset": "other", "limit": None})
+    with pytest.raises(ValueError, match="different datasets"):
+        merge_runs([base, other])

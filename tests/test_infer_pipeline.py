@@ -174,3 +174,13 @@ def test_resolve_dtype():
     assert resolve_dtype(torch.float16, "cpu") is torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         resolve_dtype("int8", "cpu")
+
+
+def test_from_pretrained_without_a_path_uses_the_bundled_model(tiny_model_dir, monkeypatch):
+    import vary.infer.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "bundled_model_dir", lambda: None)
+    with pytest.raises(FileNotFoundError, match="no bundled model"):
+        pipeline_module.Pipeline.from_pretrained()
+    monkeypatch.setattr(pipeline_module, "bundled_model_dir", lambda: tiny_model_dir)
+    assert pipeline_module.Pipeline.from_pretrained().name == tiny_model_dir.name

@@ -152,3 +152,37 @@ def test_sdpa_is_the_attention_of_every_branch(model):
     assert model.config._attn_implementation == "sdpa"
     assert model.language_model.config._attn_implementation == "sdpa"
     assert type(model.vision_vocab.encoder.layers[0].attn).__name__ == "SamVisionSdpaAttention"
+
+
+def test_projector_norm_option_fixes_the_feature_scale_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    plain = VaryForCausalLM(tiny_config())
+    assert plain.projector_norm is None and "projector_norm" not in str(list(plain.state_dict()))
+    model = VaryForCausalLM(tiny_config(projector_norm=True)).eval()
+    with torch.no_grad():
+        model.projector_vary.weight.mul_(100.0)  # a projector whose output has grown large
+        features = model.encode_images(torch.randn(2, 3, 256, 256))
+    assert features.shape == (2, 16, 64)
+    assert torch.allclose(features.std(-1, unbiased=False), torch.ones(2, 16), atol=1e-3)  # LayerNorm: unit scale
+    model.save_pretrained(tmp_path)
+    again = VaryForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.config.projector_norm is True
+    with torch.no_grad():
+        assert torch.equal(again.projector_norm.weight, model.projector_norm.weight)
+    assert model.num_parameters_by_part()["projector_vary"] == sum(
+        p.numel() for m in (model.projector_vary, model.projector_norm) for p in m.parameters()
+    )
+
+
+def test_from_scratch_position_codes_are_sincos_and_loading_replaces_them(tmp_path):
+    from vary.modeling.vision_vocab import sincos_2d
+
+    model = VaryForCausalLM(tiny_config())
+    pos = model.vision_vocab.encoder.pos_embed  # (1, 16, 16, 64) for 256 px
+    assert torch.equal(pos.detach(), sincos_2d(16, 16, 64))
+    codes = sincos_2d(16, 16, 64)[0].reshape(256, 64)
+    assert torch.cdist(codes, codes).fill_diagonal_(1.0).min() > 0.1  # every grid cell gets its own code
+    with torch.no_grad():
+        pos.zero_()
+    model.save_pretrained(tmp_path)
+    assert VaryForCausalLM.from_pretrained(tmp_path).vision_vocab.encoder.pos_embed.abs().max() == 0

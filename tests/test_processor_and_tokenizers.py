@@ -24,6 +24,7 @@ from vary.modeling.tokenizer import (
     gpt2_tokenizer,
     load_tokenizer,
     train_bpe_tokenizer,
+    train_char_tokenizer,
 )
 from vary.templates import TEMPLATES
 
@@ -231,3 +232,19 @@ def test_bin_checkpoints_load_with_weights_only(tmp_path):
     from_st = vary.load_model(official)
     for (k, a), (_, b) in zip(from_bin.state_dict().items(), from_st.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_char_tokenizer_one_token_per_character_round_trip(tmp_path):
+    texts = ["Hello world\nsecond line 42.", "中文字符，测试。", "abc"]
+    tok = train_char_tokenizer(texts, vocab_size=64)
+    assert tok.convert_tokens_to_ids(["<pad>", "</s>", "<unk>", "<img>", "</img>", "<imgpad>"]) == list(range(6))
+    text = "Hello 中文\nworld."
+    ids = tok(text)["input_ids"]
+    assert ids[0] == 1 and len(ids) == 1 + len(text)  # </s> then exactly one id per character
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok("Q")["input_ids"][1] == tok.unk_token_id  # never seen: <unk>
+    tok.save_pretrained(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again(text)["input_ids"] == ids and again.decode(ids, skip_special_tokens=True) == text
+    small = train_char_tokenizer(texts, vocab_size=10)  # only the 4 most frequent characters survive
+    assert len(small) == 10

@@ -230,3 +230,25 @@ def test_nano_recipe_learns_on_engine_data(tmp_path):
     curve = losses(tmp_path / "run")
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
     assert state.step == 24 and state.skipped == {} and last < 0.6 * first, curve
+
+
+def test_lr_scale_gives_a_part_its_own_learning_rate_and_a_char_tokenizer(tmp_path, shards):
+    recipe = write_recipe(
+        tmp_path / "r.yaml", shards, tmp_path / "run",
+        model={"tokenizer_type": "chars", "config": {**TINY_MODEL, "projector_norm": True}},
+        optim={"lr_scale": {"vision_vocab": 0.1}, "scheduler": "constant", "warmup_steps": 0},
+        train={"max_steps": 2},
+    )  # fmt: skip
+    trainer = Trainer(load_recipe(recipe), progress=False)
+    trainer.setup()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(lr_of[id(p)] == pytest.approx(2e-4) for p in model.vision_vocab.parameters())
+    assert all(lr_of[id(p)] == pytest.approx(2e-3) for p in model.language_model.parameters())
+    assert all(lr_of[id(p)] == pytest.approx(2e-3) for p in model.projector_norm.parameters())
+    tokenizer = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer.json").read_text())
+    assert tokenizer["model"]["type"] == "WordLevel"  # one token per character
+    trainer.train()
+    assert [round(r["lr"], 8) for r in read_log(tmp_path / "run" / "log.jsonl")] == [2e-3, 2e-3]  # the recipe's lr
+    with pytest.raises(RecipeError, match="optim.lr_scale.eyes"):
+        load_recipe(recipe, ["optim.lr_scale={eyes: 0.1}"])

@@ -57,6 +57,8 @@ def test_unknown_key_and_bad_value_on_the_command_line():
         load_recipe("nano", ["model.freeze=[eyes]"])
     with pytest.raises(RecipeError, match="expected key.path=value"):
         load_recipe("nano", ["optim.lr"])
+    with pytest.raises(RecipeError, match="model.tokenizer_type must be bpe or chars"):
+        load_recipe("nano", ["model.tokenizer_type=words"])
 
 
 def test_missing_recipe_lists_the_known_ones():

@@ -45,7 +45,9 @@ def test_zero2_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
     assert grads == pytest.approx([r["grad_norm"] for r in read_log(tmp_path / "one" / "log.jsonl")], rel=1e-4)
     one = VaryForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
     two = VaryForCausalLM.from_pretrained(run / "model").state_dict()  # gathered from the ZeRO partitions
-    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)
+    # atol 1e-5: k_proj biases get (in exact arithmetic) zero gradient, so they hold only float noise
+    bad = [k for k in one if not torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5)]
+    assert not bad, (bad[:8], [(one[k] - two[k]).abs().max().item() for k in bad[:8]])
 
     # Crash after step 2: drop the later checkpoint and the final model, resume from the ZeRO checkpoint.
     shutil.rmtree(run / "checkpoint-0000004")
@@ -83,7 +85,9 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
     assert losses(run) == pytest.approx(one_losses, rel=1e-5)
     one = VaryForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
     two = VaryForCausalLM.from_pretrained(run / "model").state_dict()
-    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)
+    # atol 1e-5: k_proj biases get (in exact arithmetic) zero gradient, so they hold only float noise
+    bad = [k for k in one if not torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5)]
+    assert not bad, (bad[:8], [(one[k] - two[k]).abs().max().item() for k in bad[:8]])
     shutil.rmtree(run / "checkpoint-0000004")
     shutil.rmtree(run / "model")
     resumed = launch(fsdp, recipe, run, "--resume")

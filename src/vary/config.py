@@ -46,6 +46,10 @@ class VaryConfig(PreTrainedConfig):
     image_end_token_id: int = 50266
     image_patch_token_id: int = 50267
     image_token_len: int = 256
+    # LayerNorm on the projected vision-vocabulary features (not in the paper or the official checkpoints).
+    # From scratch without it, Adam let the projected features grow to ~500x the text embeddings within a few
+    # hundred steps (lr 1e-3, nano); with it their scale stays fixed. See reports/training/nano-ocr/.
+    projector_norm: bool = False
     # High-resolution branch preprocessing: the released checkpoints disagree (see VARY.md), so it is data.
     image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD

@@ -23,7 +23,7 @@ def _parse_options(options: list[str]) -> dict[str, str]:
 
 @app.command("generate")
 def generate_command(
-    kind: str = typer.Argument(..., help="pdf, pages, tables, charts, latex or natural"),
+    kind: str = typer.Argument(..., help="pdf, pages, blocks, tables, charts, latex or natural"),
     out: Path = typer.Option(..., "--out", help="output folder for shards + manifest.json"),
     count: int | None = typer.Option(None, "--count", help="samples to make (pdf/natural: cap; default all inputs)"),
     lang: str = typer.Option("en", "--lang", help="en, zh or mix (mix splits --count over both languages)"),

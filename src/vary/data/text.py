@@ -50,6 +50,36 @@ def _zh_vocabulary() -> tuple[list[str], list[float]]:
     return words, cum
 
 
+@functools.cache
+def common_chars(n: int) -> frozenset[str]:
+    """The n most frequent Chinese characters, by their summed word frequencies in jieba's dictionary."""
+    import jieba
+
+    counts: dict[str, int] = {}
+    with Path(jieba.__file__).with_name("dict.txt").open(encoding="utf-8") as f:
+        for line in f:
+            word, freq, _ = line.split(" ", 2)
+            if _CJK_WORD.fullmatch(word):
+                for ch in word:
+                    counts[ch] = counts.get(ch, 0) + int(freq)
+    return frozenset(sorted(counts, key=lambda c: (-counts[c], c))[:n])
+
+
+@functools.cache
+def _zh_vocabulary_within(n_chars: int) -> tuple[list[str], list[float]]:
+    """_zh_vocabulary() restricted to words written only with the n_chars most frequent characters."""
+    allowed = common_chars(n_chars)
+    words, cum = _zh_vocabulary()
+    kept, kept_cum, total, prev = [], [], 0.0, 0.0
+    for word, c in zip(words, cum, strict=True):
+        if all(ch in allowed for ch in word):
+            total += c - prev
+            kept.append(word)
+            kept_cum.append(total)
+        prev = c
+    return kept, kept_cum
+
+
 @functools.lru_cache(maxsize=8)
 def _load_corpus(corpus_dir: Path, lang: str) -> tuple[list[str], list[str]]:
     """(sentences, words) of every .txt file under corpus_dir, in sorted file order."""
@@ -71,12 +101,19 @@ def _load_corpus(corpus_dir: Path, lang: str) -> tuple[list[str], list[str]]:
 
 
 class TextCorpus:
-    """Words, sentences, paragraphs and titles in `lang` ("en" or "zh")."""
+    """Words, sentences, paragraphs and titles in `lang` ("en" or "zh").
 
-    def __init__(self, lang: str, corpus_dir: Path | None = None):
+    zh_chars: write Chinese only with the N most frequent characters (and no Faker names or places, whose
+    characters are often rare); a small model can then learn every character it will be asked to read.
+    """
+
+    def __init__(self, lang: str, corpus_dir: Path | None = None, zh_chars: int | None = None):
         if lang not in LANGS:
             raise ValueError(f"TextCorpus: lang must be one of {LANGS}, got {lang!r}")
+        if zh_chars is not None and (corpus_dir is not None or int(zh_chars) < 100):
+            raise ValueError("TextCorpus: zh_chars needs the built-in vocabulary and at least 100 characters")
         self.lang = lang
+        self.zh_chars = int(zh_chars) if zh_chars is not None else None
         self.corpus_dir = Path(corpus_dir) if corpus_dir is not None else None
         if self.corpus_dir is not None:
             _load_corpus(self.corpus_dir, lang)  # fail early on a bad folder
@@ -89,7 +126,7 @@ class TextCorpus:
             start = rng.randrange(len(corpus_words))
             return list(itertools.islice(itertools.cycle(corpus_words[start:] + corpus_words[:start]), n))
         if self.lang == "zh":
-            words, cum = _zh_vocabulary()
+            words, cum = _zh_vocabulary_within(self.zh_chars) if self.zh_chars else _zh_vocabulary()
             return rng.choices(words, cum_weights=cum, k=n)
         fake = self._seeded("en_US", rng)
         return [self._en_token(rng, fake) for _ in range(n)]
@@ -149,7 +186,7 @@ class TextCorpus:
         fake = None
         for i in range(n):
             r = rng.random()
-            if r < 0.03:
+            if r < 0.03 and not self.zh_chars:
                 fake = fake or self._seeded("zh_CN", rng)
                 words[i] = fake.name() if r < 0.015 else fake.city()
             elif r < 0.05:

@@ -6,8 +6,9 @@ builds one from a command-line spec:
   "tesseract:LANG"       Tesseract with a fixed language, e.g. "tesseract:eng", "tesseract:chi_sim+eng"
   "rapidocr"             RapidOCR (PP-OCRv4 ONNX models shipped in the rapidocr-onnxruntime wheel)
   a model directory      vary.infer.pipeline.Pipeline.from_pretrained(directory)
-OCR engines cannot answer questions: for task "ask" they raise `UnsupportedTask`, which the runner
-reports as "n/a" instead of a zero score. For every other task they return their plain OCR text.
+OCR engines cannot answer questions or turn a chart into a python dict: for tasks "ask" and "chart" they
+raise `UnsupportedTask`, which the runner reports as "n/a" instead of a zero score. For every other task
+they return their plain OCR text (on "natural" photos too, scored against the nature sentences).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class UnsupportedTask(Exception):  # noqa: N818 - reads better at the raise site
 def _ocr_only(name: str, task: str) -> None:
     if task == "ask":
         raise UnsupportedTask(f"{name} is an OCR engine: it cannot answer questions")
+    if task == "chart":
+        raise UnsupportedTask(f"{name} is an OCR engine: it cannot convert a chart to a python dict")
 
 
 class TesseractPredictor:

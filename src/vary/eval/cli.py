@@ -50,3 +50,21 @@ def compare_cmd(
     typer.echo(text)
     if out is not None:
         out.write_text(text + "\n", encoding="utf-8")
+
+
+@eval_app.command("merge")
+def merge_cmd(
+    runs: list[Path] = typer.Argument(..., help="results.json files of runs on the same dataset"),
+    out: Path = typer.Option(..., "--out", help="output folder for the merged report.md, results.json, plot.png"),
+) -> None:
+    """Put the models of several runs into one report (score a new model, keep the baselines' run)."""
+    from vary.eval.report import load_run, merge_runs, render_markdown, write_outputs
+
+    try:
+        run = merge_runs([load_run(p) for p in runs])
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    paths = write_outputs(run, out)
+    typer.echo(render_markdown(run))
+    typer.echo("\n".join(f"wrote {p}" for p in paths.values()))

@@ -26,7 +26,13 @@ from PIL import Image
 FORMATS = ("shards", "docvqa", "chartqa", "folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Which metric family scores a task's output (vary.eval.metrics.score); anything else is page OCR.
-TASK_METRIC = {"markdown": "markdown", "table_markdown": "markdown", "ask": "anls"}
+TASK_METRIC = {
+    "markdown": "markdown",
+    "table_markdown": "markdown",
+    "ask": "anls",
+    "natural": "nature",
+    "chart": "chart",
+}
 
 
 class UnknownDatasetFormat(ValueError):
@@ -46,7 +52,7 @@ class EvalRecord:
     task: str  # what the predictor is asked: ocr, markdown, chart, ask, ...
     question: str | None = None
     subset: str = "all"
-    metric: str = ""  # page | markdown | anls | relaxed; "" -> from the task (TASK_METRIC)
+    metric: str = ""  # page | markdown | anls | relaxed | nature | chart; "" -> from the task (TASK_METRIC)
     error: str | None = None  # a data problem found while reading; the sample is reported, not scored
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -54,6 +60,14 @@ class EvalRecord:
         self.metric = self.metric or TASK_METRIC.get(self.task, "page")
         if isinstance(self.image, str):
             self.image = Path(self.image)
+        if self.metric == "chart" and self.error is None and self.reference is not None:
+            from vary.data.sources.charts import parse_chart_answer  # lazy: the charts module imports matplotlib
+
+            reference = self.reference if isinstance(self.reference, str) else self.reference[0]
+            try:  # a reference chart_scores cannot read is a data error, found here, not a crash mid-run
+                parse_chart_answer(reference)
+            except ValueError as e:
+                self.error = f"reference is not a chart answer: {e}"
 
     @property
     def image_path(self) -> Path | None:

@@ -10,6 +10,14 @@ Page OCR (Table 1 of the paper; Fox `eval_tools/eval_ocr_test.py`, GOT's evaluat
 DocVQA: ANLS (threshold 0.5, best over the reference answers). ChartQA: relaxed accuracy (5% relative
 tolerance for numbers, case-insensitive exact match otherwise).
 Markdown pages are also scored on their text, formula and table parts separately (`split_markdown`).
+Our data engine's own tasks (not in the paper's tables):
+  * natural photos ("nature"): nature_accuracy = 1 if the output is one of the paper's five nature sentences
+    (`vary.prompts.NATURE_SENTENCES`, any of them), compared case-insensitively, whitespace runs collapsed,
+    trailing punctuation ignored;
+  * charts -> python-dict ("chart"): chart_parses (the output is a dict literal `parse_chart_answer` reads),
+    chart_match (same categories and series as the reference, every number equal within 1e-6 relative;
+    the title is not compared) and chart_value_accuracy (the fraction of the reference's numbers the output
+    has under the same series and category).
 
 Conventions, all deliberate:
   * Argument roles. Every function takes (prediction, reference). The public Fox and GOT scripts call
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import unicodedata
 import warnings
@@ -42,6 +51,8 @@ import nltk
 from nltk.metrics import f_measure, precision, recall
 from nltk.translate import meteor_score as nltk_meteor
 from rapidfuzz.distance import Levenshtein
+
+from vary.prompts import NATURE_SENTENCES
 
 jieba.setLogLevel(logging.WARNING)  # jieba logs "Building prefix dict..." on first use
 
@@ -254,16 +265,94 @@ def markdown_scores(prediction: str, reference: str, fox_compatible: bool = Fals
     return scores
 
 
-METRIC_FAMILIES = ("page", "markdown", "anls", "relaxed")
+# --- data-engine tasks: natural photos and charts ------------------------------------------------------
+def _sentence_key(text: str) -> str:
+    """Lower-cased, whitespace runs collapsed, trailing punctuation and whitespace dropped."""
+    text = " ".join(normalize(text).lower().split())
+    end = len(text)
+    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
+        end -= 1
+    return text[:end]
+
+
+_NATURE_KEYS = frozenset(_sentence_key(s) for s in NATURE_SENTENCES)
+
+
+def nature_accuracy(prediction: str) -> float:
+    """1.0 if the prediction is one of the five nature sentences (any of them, not only the reference's)."""
+    return 1.0 if _sentence_key(prediction) in _NATURE_KEYS else 0.0
+
+
+_AMBIGUOUS = object()  # two prediction entries that collapse to one key with different values
+
+
+def _chart_values(data: dict) -> tuple[dict[tuple[str | None, str], Any], int]:
+    """A chart's 'data' as {(series or None, category): value} plus its number of entries. Keys are
+    str().strip()-ed; a dict value is a series of {category: value}, anything else a single-series value."""
+    values: dict[tuple[str | None, str], Any] = {}
+    entries = 0
+    for key, value in data.items():
+        if isinstance(value, dict):
+            pairs = [((str(key).strip(), str(cat).strip()), v) for cat, v in value.items()]
+        else:
+            pairs = [((None, str(key).strip()), value)]
+        for k, v in pairs:
+            entries += 1
+            values[k] = v if k not in values or _same_number(values[k], v) else _AMBIGUOUS
+    return values, entries
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same_number(prediction: Any, reference: Any) -> bool:
+    """Both are numbers (int or float, not bool) equal within 1e-6 relative: the same printed value."""
+    return _is_number(prediction) and _is_number(reference) and math.isclose(prediction, reference, rel_tol=1e-6)
+
+
+def chart_scores(prediction: str, reference: str) -> dict[str, float]:
+    """chart_parses, chart_match and chart_value_accuracy of one chart answer (see module docstring).
+
+    Both sides are `CHART_ANSWER_PREFIX` + a python-dict literal, read with `parse_chart_answer`
+    (ast.literal_eval, length-capped; never eval). A reference that does not parse raises ValueError:
+    that is a data error, not a model's.
+    """
+    from vary.data.sources.charts import parse_chart_answer  # lazy: the charts module imports matplotlib
+
+    ref_values, ref_entries = _chart_values(parse_chart_answer(reference)["data"])
+    try:
+        pred_values, pred_entries = _chart_values(parse_chart_answer(prediction)["data"])
+    except ValueError:
+        return {"chart_parses": 0.0, "chart_match": 0.0, "chart_value_accuracy": 0.0}
+    correct = sum(key in pred_values and _same_number(pred_values[key], v) for key, v in ref_values.items())
+    match = pred_values.keys() == ref_values.keys() and pred_entries == ref_entries and correct == len(ref_values)
+    return {
+        "chart_parses": 1.0,
+        "chart_match": float(match),
+        "chart_value_accuracy": correct / len(ref_values) if ref_values else float(match),
+    }
+
+
+METRIC_FAMILIES = ("page", "markdown", "anls", "relaxed", "nature", "chart")
 
 
 def score(metric: str, prediction: str, reference: str | list[str], fox_compatible: bool = False) -> dict:
-    """Score one prediction with the named metric family: page, markdown, anls or relaxed."""
+    """Score one prediction with the named metric family: page, markdown, anls, relaxed, nature or chart.
+
+    Keys: page -> PAGE_METRICS + char_precision/char_recall; markdown -> those plus `{part}/{metric}`;
+    anls -> anls; relaxed -> relaxed_accuracy; nature -> nature_accuracy;
+    chart -> chart_parses, chart_match, chart_value_accuracy.
+    """
     if metric == "anls":
         return {"anls": anls(prediction, reference)}
     if metric == "relaxed":
         return {"relaxed_accuracy": relaxed_accuracy(prediction, reference)}
+    if metric == "nature":
+        return {"nature_accuracy": nature_accuracy(prediction)}
     ref = reference if isinstance(reference, str) else reference[0]
+    if metric == "chart":
+        return chart_scores(prediction, ref)
     if metric == "page":
         return page_scores(prediction, ref, fox_compatible)
     if metric == "markdown":

@@ -26,12 +26,34 @@ MARKDOWN_COLUMNS = [
       for key, label in (("edit_distance", "ED ↓"), ("f1", "F1 ↑"))],
 ]  # fmt: skip
 QA_COLUMNS = {"anls": [("anls", "ANLS ↑")], "relaxed": [("relaxed_accuracy", "Relaxed accuracy ↑")]}
+NATURE_COLUMNS = [("nature_accuracy", "Nature sentence accuracy ↑")]
+CHART_COLUMNS = [
+    ("chart_match", "Exact dict match ↑"),
+    ("chart_value_accuracy", "Value accuracy ↑"),
+    ("chart_parses", "Parses ↑"),
+]
+# family -> headline score key (plot.png), and its name on the plot
 PRIMARY = {"page": "f1", "markdown": "f1", "anls": "anls", "relaxed": "relaxed_accuracy"}
+PRIMARY |= {"nature": "nature_accuracy", "chart": "chart_match"}
+PRIMARY_LABEL = {"page": "F1", "markdown": "F1", "anls": "ANLS", "relaxed": "relaxed acc."}
+PRIMARY_LABEL |= {"nature": "nature acc.", "chart": "chart match"}
+# One line each in the report's conventions, for the families a run holds.
+FAMILY_NOTES = {
+    "nature": "Nature sentence accuracy (natural photos): the output is one of the paper's five nature "
+    "sentences (any of them), case-insensitive, whitespace collapsed, trailing punctuation ignored.",
+    "chart": "Charts: Parses = the output is a python-dict chart answer; Exact dict match = same series and "
+    "categories as the reference and every number equal (1e-6 relative), title not compared; "
+    "Value accuracy = share of the reference's numbers found under the same series and category.",
+}
 
 
 def columns_for(metric: str) -> list[tuple[str, str]]:
     if metric == "markdown":
         return MARKDOWN_COLUMNS
+    if metric == "nature":
+        return NATURE_COLUMNS
+    if metric == "chart":
+        return CHART_COLUMNS
     return QA_COLUMNS.get(metric, PAGE_COLUMNS)
 
 
@@ -96,6 +118,7 @@ def render_markdown(run: EvalRun) -> str:
         ),
         "- Edit distance: normalized, lower is better; other scores in %. F1/Precision/Recall over token sets "
         "(whitespace words; jieba words when Chinese is present); char F1 over characters.",
+        *[f"- {FAMILY_NOTES[m]}" for m in dict.fromkeys(_subsets(summary).values()) if m in FAMILY_NOTES],
         "",
     ]
     for subset, metric in _subsets(summary).items():
@@ -116,7 +139,7 @@ def render_markdown(run: EvalRun) -> str:
 
 def plot_summary(summary: dict, path: Path) -> Path:
     """Grouped bars, one group per subset, one bar per model: edit distance (page/markdown subsets) and
-    the primary score (F1, ANLS or relaxed accuracy)."""
+    the primary score (PRIMARY: F1, ANLS, relaxed accuracy, nature accuracy or chart match)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +148,8 @@ def plot_summary(summary: dict, path: Path) -> Path:
 
     subsets = _subsets(summary)
     models = list(summary)
-    panels = [("primary", "score (%) ↑: F1 / ANLS / relaxed acc.")]
+    labels = dict.fromkeys(PRIMARY_LABEL.get(m, m) for m in subsets.values())
+    panels = [("primary", f"score (%) ↑: {' / '.join(labels)}")]
     if any(m in ("page", "markdown") for m in subsets.values()):
         panels.insert(0, ("edit_distance", "normalized edit distance ↓"))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 1.6 * len(subsets) * len(panels) + 2), 4), squeeze=False)
@@ -136,7 +160,7 @@ def plot_summary(summary: dict, path: Path) -> Path:
             values = []
             for subset, metric in subsets.items():
                 row = summary[model].get(subset) or {}
-                key = PRIMARY[metric] if panel == "primary" else "edit_distance"
+                key = PRIMARY.get(metric, "f1") if panel == "primary" else "edit_distance"
                 value = row.get(key) if row.get("n") else None
                 values.append(np.nan if value is None else value * (100 if panel == "primary" else 1))
             ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
@@ -171,6 +195,30 @@ def load_run(path: str | Path) -> EvalRun:
         return EvalRun.from_json(data)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
+
+
+def merge_runs(runs: list[EvalRun]) -> EvalRun:
+    """One run holding every model of `runs` (scored on the same dataset), e.g. a new checkpoint + old baselines.
+
+    Raises ValueError when the runs scored different datasets or a model name appears in two runs.
+    """
+    if not runs:
+        raise ValueError("merge needs at least one results.json")
+    datasets = {(r.meta.get("dataset"), r.meta.get("limit")) for r in runs}
+    if len(datasets) > 1:
+        raise ValueError(f"the runs scored different datasets (dataset, limit): {sorted(map(str, datasets))}")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(runs):
+        for model in dict.fromkeys(s["model"] for s in r.samples):
+            if model in seen:
+                raise ValueError(f"model {model!r} is in run {seen[model] + 1} and run {i + 1}; rename or drop one")
+            seen[model] = i
+    meta = {
+        **runs[0].meta,
+        "model_specs": [m for r in runs for m in r.meta.get("model_specs", [])],
+        "merged": len(runs),
+    }
+    return EvalRun(meta=meta, samples=[s for r in runs for s in r.samples], data_errors=runs[0].data_errors)
 
 
 def compare_runs(a: EvalRun, b: EvalRun, label_a: str = "A", label_b: str = "B") -> str:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import typer
 
-import vary
+from vary.assets import bundled_model_dir
 
 EXTENSIONS = {"ocr": ".txt", "markdown": ".md", "chart": ".json", "ask": ".txt"}
 NO_MODEL_MESSAGE = (
     "no model folder: pass --model DIR. Any local Vary folder works: one written by `vary train`, an "
-    "official checkpoint, or one converted with `vary convert SRC DST` (no model ships with this install yet)."
+    "official checkpoint, or one converted with `vary convert SRC DST` (this install has no bundled model in "
+    "vary/assets/model)."
 )
 
 
@@ -30,12 +31,6 @@ class Task(StrEnum):
     markdown = "markdown"  # markdown (tables, formulas)
     chart = "chart"  # a python-dict literal -> dict
     ask = "ask"  # a short answer to a question
-
-
-def bundled_model_dir() -> Path | None:
-    """The model shipped inside the package (vary/assets/model), when this install has one."""
-    folder = Path(vary.__file__).parent / "assets" / "model"
-    return folder if (folder / "config.json").is_file() else None
 
 
 def resolve_model(model: Path | None) -> Path:

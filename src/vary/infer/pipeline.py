@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+from vary.assets import bundled_model_dir
 from vary.infer.documents import Page
 from vary.infer.generation import (
     CancelCriteria,
@@ -126,9 +127,15 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None, **settings
+        cls, path: str | Path | None = None, device: str = "cpu", dtype: str | torch.dtype | None = None, **settings
     ) -> Pipeline:
-        """Load a local model folder (ours or official); `settings` are GenerationSettings fields."""
+        """Load a local model folder (ours or official; None: the bundled model); `settings` are GenerationSettings."""
+        if path is None:
+            path = bundled_model_dir()
+            if path is None:
+                raise FileNotFoundError(
+                    "no model folder given and this install has no bundled model (vary/assets/model)"
+                )
         model, processor = load(path, dtype=resolve_dtype(dtype, device))
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.

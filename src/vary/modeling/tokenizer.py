@@ -11,10 +11,11 @@ a stock QWen tokenizer lacks them and would silently drop every image.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -129,6 +130,27 @@ def gpt2_tokenizer(
             f"{vocab_file}: built a tokenizer of {len(tok)} tokens from a {len(vocab)}-entry vocabulary"
         )
     return tok
+
+
+def train_char_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """One token per character: the specials (ids 0..5, as train_bpe_tokenizer) + the most frequent characters.
+
+    A small OCR model trained from scratch learns a glyph -> character map much sooner than glyphs -> BPE
+    pieces (each piece is rarer and spans a varying number of glyphs). Characters beyond `vocab_size`
+    become <unk>.
+    """
+    counts = Counter(ch for text in texts for ch in text)
+    keep = sorted(counts, key=lambda c: (-counts[c], c))[: max(0, vocab_size - len(OWN_SPECIAL_TOKENS))]
+    vocab = {t: i for i, t in enumerate(OWN_SPECIAL_TOKENS)}
+    vocab.update({ch: len(OWN_SPECIAL_TOKENS) + i for i, ch in enumerate(sorted(keep))})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.add_special_tokens(OWN_SPECIAL_TOKENS)
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char alone
+    backend.decoder = decoders.Fuse()  # join without separators
+    backend.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8192) -> PreTrainedTokenizerFast:

@@ -38,6 +38,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.vision_vocab = VisionVocabulary(config.vision_config, config.downsample_channels)
         self.projector_vary = nn.Linear(config.vision_feature_dim, config.projector_out_dim)
+        self.projector_norm = nn.LayerNorm(config.projector_out_dim) if config.projector_norm else None
         self.clip = None
         self.projector_clip = None
         if config.clip_config is not None:
@@ -45,6 +46,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             self.projector_clip = nn.Linear(config.clip_config.hidden_size, config.projector_out_dim)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        self.vision_vocab.init_position_codes()  # from-scratch start; loaded weights replace it
 
     # --- embeddings (delegated to the LM, so resize_token_embeddings and tying work) ---------------------
     def get_input_embeddings(self) -> nn.Module:
@@ -65,6 +67,8 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.vision_vocab)):
             vary_features = self.vision_vocab(pixel_values.to(self.projector_vary.weight.dtype))  # (N, 256, 1024)
         features = self.projector_vary(vary_features)
+        if self.projector_norm is not None:
+            features = self.projector_norm(features)
         if self.clip is None:
             return features
         if pixel_values_clip is None:
@@ -156,7 +160,10 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         parts = {"vision_vocab": self.vision_vocab, "projector_vary": self.projector_vary, "lm": self.language_model}
         if self.clip is not None:
             parts |= {"clip": self.clip, "projector_clip": self.projector_clip}
-        return {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
+        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
+        if self.projector_norm is not None:  # part of the projector, for freezing and counting
+            counts["projector_vary"] += sum(p.numel() for p in self.projector_norm.parameters())
+        return counts
 
 
 def _trainable(module: nn.Module) -> bool:

@@ -14,6 +14,18 @@ from transformers.models.sam.modeling_sam import SamVisionEncoder
 from vary.modeling import fast
 
 
+def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """(1, height, width, dim) fixed 2-D sine-cosine position codes (MAE's); dim/2 channels per axis."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                            indexing="ij")  # fmt: skip
+    codes = [f(grid[..., None] * omega) for grid in (ys, xs) for f in (torch.sin, torch.cos)]
+    out = torch.zeros(height, width, dim, dtype=torch.float64)
+    out[..., : 4 * quarter] = torch.cat(codes, dim=-1)
+    return out[None].float()
+
+
 class VisionVocabulary(nn.Module):
     def __init__(self, config: SamVisionConfig, downsample_channels: tuple[int, int] | list[int]):
         super().__init__()
@@ -22,6 +34,18 @@ class VisionVocabulary(nn.Module):
         self.net_2 = nn.Conv2d(config.output_channels, c1, kernel_size=3, stride=2, padding=1, bias=False)
         self.net_3 = nn.Conv2d(c1, c2, kernel_size=3, stride=2, padding=1, bias=False)
         self.fast_cpu = False  # set by VaryForCausalLM.enable_fast_cpu_path(): same outputs, see fast.py
+
+    def init_position_codes(self) -> None:
+        """Start the absolute position embedding at 2-D sine-cosine codes (as MAE does) instead of SAM's zeros.
+
+        Trained from scratch, a zero-initialised pos_embed stayed tiny in our nano runs (std ~0.005 after 600
+        steps), so the image tokens carried little absolute position. Pretrained weights (SAM, Vary-tiny)
+        overwrite it. (It did not, on its own, make the nano runs read: reports/training/nano-ocr/.)
+        """
+        pos = self.encoder.pos_embed
+        if pos is not None and not pos.is_meta:
+            with torch.no_grad():
+                pos.copy_(sincos_2d(pos.shape[1], pos.shape[2], pos.shape[3]).to(pos.dtype))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # (N, 3, S, S) -> neck (N, 256, S/16, S/16) -> (N, c1, S/32, S/32) -> (N, c2, S/64, S/64)

@@ -33,7 +33,7 @@ from vary.modeling.official import (
     qwen_text_config,  # the config reader for first-generation QWen weights lives with the converter
     read_config,
 )
-from vary.modeling.tokenizer import IMAGE_TOKENS, train_bpe_tokenizer
+from vary.modeling.tokenizer import IMAGE_TOKENS, train_bpe_tokenizer, train_char_tokenizer
 from vary.modeling.vary import VaryForCausalLM
 from vary.train.recipes import Recipe
 
@@ -91,9 +91,12 @@ def tokenizer_folder(recipe: Recipe) -> Path | None:
     return None
 
 
-def train_tokenizer(texts, vocab_size: int, folder: Path):
-    """A byte-level BPE on the training texts (special ids 0..5 as the nano preset expects), saved to `folder`."""
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+def train_tokenizer(texts, vocab_size: int, folder: Path, kind: str = "bpe"):
+    """A byte-level BPE or a character tokenizer on the training texts (special ids 0..5, as nano expects)."""
+    if kind not in ("bpe", "chars"):
+        raise ValueError(f"model.tokenizer_type must be 'bpe' or 'chars', got {kind!r}")
+    train = train_char_tokenizer if kind == "chars" else train_bpe_tokenizer
+    tokenizer = train(texts, vocab_size=vocab_size)
     tokenizer.save_pretrained(folder)
     return tokenizer
 

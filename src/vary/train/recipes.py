@@ -32,7 +32,8 @@ class RecipeError(ValueError):
 class ModelRecipe:
     preset: str = "nano"  # a vary.config.PRESETS name
     config: dict[str, Any] = field(default_factory=dict)  # VaryConfig overrides; sub-config dicts merge
-    tokenizer: str | None = None  # folder; default: init.checkpoint's or init.llm's, else a BPE trained on the data
+    tokenizer: str | None = None  # folder; default: init.checkpoint's or init.llm's, else one trained on the data
+    tokenizer_type: str = "bpe"  # what to train on the data when there is no folder: "bpe" or "chars" (1 token/char)
     freeze: list[str] = field(default_factory=list)  # parts: vision_vocab, clip, projector_vary, projector_clip, lm
     gradient_checkpointing: bool = False
 
@@ -75,6 +76,7 @@ class OptimRecipe:
     warmup_steps: int = 0
     min_lr: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
+    lr_scale: dict[str, float] = field(default_factory=dict)  # per-part lr multipliers, e.g. {vision_vocab: 0.1}
 
 
 @dataclass
@@ -157,10 +159,15 @@ def validate(recipe: Recipe) -> None:
         (t.save_every >= 1 and t.keep_last >= 1, "train.save_every and train.keep_last must be >= 1"),
         (recipe.data.max_length >= 8, f"data.max_length must be >= 8, got {recipe.data.max_length}"),
         (all(s.weight > 0 for s in recipe.data.sources), "data.sources[*].weight must be > 0"),
+        (recipe.model.tokenizer_type in ("bpe", "chars"),
+         f"model.tokenizer_type must be bpe or chars, got {recipe.model.tokenizer_type!r}"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:
             raise RecipeError(f"{where}: {message}")
+    for part, scale in recipe.optim.lr_scale.items():
+        if part not in FREEZABLE or not isinstance(scale, int | float) or scale <= 0:
+            raise RecipeError(f"{where}: optim.lr_scale.{part}={scale!r}: parts are {', '.join(FREEZABLE)}, scales > 0")
     for part in recipe.model.freeze:
         if part not in FREEZABLE:
             raise RecipeError(f"{where}: model.freeze has unknown part {part!r}; parts: {', '.join(FREEZABLE)}")

@@ -291,8 +291,9 @@ class Trainer:
                     vocab = int(self._preset_text().get("vocab_size", 8192))
                     limit = self.recipe.data.tokenizer_corpus
                     texts = [t for s in self.sources for t in s.texts(limit) if t]
-                    self._print(f"training a {vocab}-token BPE tokenizer on {len(texts)} texts -> {folder}")
-                    train_tokenizer(texts, vocab, folder)
+                    kind = self.recipe.model.tokenizer_type
+                    self._print(f"training a {kind} tokenizer (<= {vocab} tokens) on {len(texts)} texts -> {folder}")
+                    train_tokenizer(texts, vocab, folder, kind)
         return load_tokenizer(folder)
 
     def _preset_text(self) -> dict:
@@ -304,6 +305,8 @@ class Trainer:
             if module is None:
                 raise RecipeError(f"{self.recipe.source}: model.freeze names {part!r} but this model has no such part")
             module.requires_grad_(False)
+            if part == "projector_vary" and self.model.projector_norm is not None:
+                self.model.projector_norm.requires_grad_(False)
 
     def _describe(self) -> str:
         r, counts = self.recipe, self.model.num_parameters_by_part()
@@ -322,10 +325,23 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RecipeError(f"{self.recipe.source}: model.freeze leaves no trainable parameter")
-        decay = [p for p in params if p.ndim >= 2]  # matrices decay; biases and norm scales do not
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        scale_of = {}  # parameter -> lr multiplier of its part (optim.lr_scale)
+        for part, scale in o.lr_scale.items():
+            module = getattr(self.model, PARTS[part])
+            if module is None:
+                raise RecipeError(
+                    f"{self.recipe.source}: optim.lr_scale names {part!r} but this model has no such part"
+                )
+            for p in module.parameters():
+                scale_of[p] = float(scale)
+        groups: dict[tuple[float, bool], list] = {}
+        for p in params:  # matrices decay; biases and norm scales do not
+            groups.setdefault((scale_of.get(p, 1.0), p.ndim >= 2), []).append(p)
+        return torch.optim.AdamW(
+            [{"params": ps, "lr": o.lr * scale, "lr_scale": scale, "weight_decay": o.weight_decay if decay else 0.0}
+             for (scale, decay), ps in groups.items()],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        )  # fmt: skip
 
     def _max_steps(self) -> int:
         t = self.recipe.train
@@ -484,7 +500,7 @@ class Trainer:
             if is_out_of_memory(err):
                 raise OutOfMemory(oom_advice(self.recipe, self.accumulation, acc.device.type)) from err
             raise
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0].get("lr_scale", 1.0)  # the recipe lr
         self.scheduler.step()
         loss_sum = acc.reduce(loss_sum, reduction="sum")
         all_skipped = self._reduce_counts(skipped)

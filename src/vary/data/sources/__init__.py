@@ -36,6 +36,7 @@ from typing import Any
 SOURCES: dict[str, str | type] = {
     "pdf": "vary.data.sources.pdf:PdfSource",
     "pages": "vary.data.sources.pages:PagesSource",
+    "blocks": "vary.data.sources.blocks:BlocksSource",
     "tables": "vary.data.sources.tables:TableSource",
     "charts": "vary.data.sources.charts:ChartSource",
     "latex": "vary.data.sources.latex:LatexSource",

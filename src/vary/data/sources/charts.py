@@ -323,15 +323,19 @@ def _values(rng: random.Random, n: int, magnitude: float, trend: bool, negatives
     return [round(v, decimals) + 0.0 for v in raw], decimals  # + 0.0 turns -0.0 into 0.0
 
 
-def random_chart(kind: str, texts: _Texts, rng: random.Random) -> Chart:
-    """Chart content: title, x labels and series, all deterministic from rng."""
+def random_chart(kind: str, texts: _Texts, rng: random.Random, simple: bool = False) -> Chart:
+    """Chart content: title, x labels and series, all deterministic from rng.
+
+    simple: one series of 3-6 categories (a small model's first charts).
+    """
     short = 6 if texts.lang == "zh" else 14
     if kind == "pie":
         xs = texts.distinct(rng.randint(3, 7), short)
         values, decimals = _values(rng, len(xs), _magnitude(rng), trend=False, negatives=False)
         return Chart(kind, texts.title(), xs, [Series("", dict(zip(xs, values, strict=True)), decimals)])
     n_series = {"bar": rng.choice((1, 1, 2, 3)), "barh": 1, "line": rng.choice((1, 1, 2, 3)), "bar_line": 2}[kind]
-    n = rng.randint(3, 10 if kind == "barh" else {1: 10, 2: 7, 3: 5}[n_series])
+    n_series = 1 if simple and kind != "bar_line" else n_series
+    n = rng.randint(3, 6 if simple else 10 if kind == "barh" else {1: 10, 2: 7, 3: 5}[n_series])
     xs = _categories(texts, rng, n, ordered=kind in ("line", "bar_line"))
     names = texts.distinct(n_series, 8 if texts.lang == "zh" else 18) if n_series > 1 else [""]
     # bar_line: half the time the line is a different quantity (own magnitude, right axis)
@@ -561,6 +565,8 @@ class ChartSource:
         families: str | tuple[str, ...] = FAMILIES,
         corpus_dir: str | Path | None = None,
         attempts: int | str = 4,
+        simple: bool | str = False,
+        font_scale: float | str = 1.0,
     ):
         if count is None:
             raise ValueError("charts: --count is required (charts are generated, there is no input to exhaust)")
@@ -571,6 +577,11 @@ class ChartSource:
         if bad or not self.kinds or not self.families:
             raise ValueError(f"charts: unknown or empty kinds/families {bad}; kinds {KINDS}, families {FAMILIES}")
         self.count, self.lang, self.size, self.attempts = int(count), lang, int(size), int(attempts)
+        # simple: one series, 3-6 categories; font_scale: larger text, legible at a small model's input size
+        self.simple = simple if isinstance(simple, bool) else str(simple).lower() in ("1", "true", "yes")
+        self.font_scale = float(font_scale)
+        if not 0.5 <= self.font_scale <= 4:
+            raise ValueError(f"charts: font_scale must be in [0.5, 4], got {font_scale!r}")
         self.corpus = TextCorpus(lang, corpus_dir=corpus_dir)
         self.fonts = chart_font_families(lang)
         self._fig: Figure | None = None  # one figure per process, cleared between charts
@@ -595,10 +606,10 @@ class ChartSource:
         for _ in range(self.attempts):  # redraw from the same rng stream: still deterministic
             kind, family = rng.choice(self.kinds), rng.choice(self.families)
             theme = make_theme(family, rng)
-            chart = random_chart(kind, _Texts(self.corpus, self.lang, rng), rng)
+            chart = random_chart(kind, _Texts(self.corpus, self.lang, rng), rng, self.simple)
             look = Look(
                 font=rng.choice(self.fonts),
-                font_size=rng.uniform(12.0, 17.0),
+                font_size=rng.uniform(12.0, 17.0) * self.font_scale,
                 height_ratio=rng.choices([a for a, _ in ASPECTS], [p for _, p in ASPECTS])[0],
                 bar_width=rng.uniform(0.6, 0.85),
                 marker=rng.choice(("o", "s", "^", "D")),
@@ -629,6 +640,8 @@ class ChartSource:
             "axes.unicode_minus": False,  # CJK fonts lack U+2212; and the target spells '-'
             "svg.hashsalt": "vary",
         }
+        if self.font_scale != 1.0:  # tick labels follow font.size (10 pt); scale them with the rest
+            rc["xtick.labelsize"] = rc["ytick.labelsize"] = 10.0 * self.font_scale
         with matplotlib.rc_context():
             matplotlib.rcdefaults()  # ignore any user matplotlibrc: same pixels on every machine
             matplotlib.rcParams.update(rc)

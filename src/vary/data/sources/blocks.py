@@ -1,0 +1,105 @@
+"""blocks: short text blocks (1 to 8 lines) on a square image, English or Chinese; task "ocr".
+
+The easy end of the OCR curriculum, and what the bundled model is trained and scored on: a few lines of
+running text in one body font, large enough to read at a small model's input size (512 px by default).
+Line-break policy is the pages source's: every drawn line ends with "\\n" except the last, words are
+separated by one space (English) or nothing (Chinese), no hyphenation is ever added.
+
+Options (all `--option key=value`):
+  lines      "1-8"        how many lines, uniform in the range (fewer when the font is too tall)
+  font       "0.05-0.08"  body size as a fraction of `size` (0.05-0.08 of 512 px = 26-41 px)
+  chars      none         e.g. "1-3": one line of that many characters instead (a reading curriculum's start)
+  zh_chars   none         Chinese: write only with the N most frequent characters (see TextCorpus)
+  font_style none         e.g. "sans" or "serif-bold" (see vary.data.fonts.find_fonts)
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from vary.data.fonts import draw_text, find_fonts, load_font
+from vary.data.sample import Sample
+from vary.data.sources.pages import wrap_chars, wrap_words
+from vary.data.text import TextCorpus
+
+
+def _span(text: str | tuple, cast) -> tuple:
+    """ "1-8" -> (1, 8); "0.05-0.08" -> (0.05, 0.08); a single value gives (v, v)."""
+    if isinstance(text, tuple | list):
+        lo, hi = text
+    else:
+        lo, _, hi = str(text).partition("-")
+        hi = hi or lo
+    lo, hi = cast(lo), cast(hi)
+    if not 0 < lo <= hi:
+        raise ValueError(f"blocks: bad range {text!r} (want 'low-high' with 0 < low <= high)")
+    return lo, hi
+
+
+class BlocksSource:
+    name = "blocks"
+    langs = ("en", "zh")
+
+    def __init__(
+        self,
+        count: int | None,
+        lang: str = "en",
+        size: int = 512,
+        lines: str = "1-8",
+        font: str = "0.05-0.08",
+        zh_chars: int | str | None = None,
+        chars: str | None = None,
+        font_style: str | None = None,
+        corpus_dir: str | Path | None = None,
+    ):
+        if count is None:
+            raise ValueError("blocks needs --count (it makes text from nothing, there is no input folder)")
+        self.count, self.lang, self.size = int(count), lang, int(size)
+        self.lines = _span(lines, int)
+        self.font = _span(font, float)
+        self.chars = _span(chars, int) if chars not in (None, "", "none") else None
+        if self.font[1] > 0.6:
+            raise ValueError(f"blocks: font {font!r} is a fraction of the image side; keep it under 0.6")
+        zh_chars = int(zh_chars) if zh_chars not in (None, "", "none") else None
+        self.corpus = TextCorpus(lang, Path(corpus_dir) if corpus_dir else None, zh_chars=zh_chars)
+        self.fonts = find_fonts(lang, "regular" + (f"-{font_style}" if font_style else ""))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def describe(self) -> dict:
+        return {"fonts": [p.name for p in self.fonts], "lines": list(self.lines), "font": list(self.font)}
+
+    def make(self, index: int, rng: random.Random) -> Sample:
+        side = self.size
+        font_path = rng.choice(self.fonts)
+        px = max(8, round(side * rng.uniform(*self.font)))
+        font = load_font(font_path, px)
+        pitch = px * rng.uniform(1.15, 1.6)
+        left, top = side * rng.uniform(0.03, 0.08), side * rng.uniform(0.03, 0.12)
+        width = side - left - side * rng.uniform(0.03, 0.08)
+        fit = max(1, int((side * 0.97 - top - px) // pitch) + 1)
+        n_lines = min(rng.randint(*self.lines), fit)
+
+        wrap = wrap_chars if self.lang == "zh" else wrap_words
+        lines: list[str] = []
+        if self.chars is not None:  # a few characters cut from running text, kept to what fits one line
+            text = self.corpus.paragraph(rng, 1)
+            start = rng.randrange(len(text))
+            lines = [wrap(font, text[start : start + rng.randint(*self.chars)].strip() or text[0], width)[0]]
+            n_lines = 1
+        while len(lines) < n_lines:  # a paragraph may wrap to fewer lines than asked: add another
+            lines += wrap(font, self.corpus.paragraph(rng, rng.randint(1, 3)), width)
+        lines = lines[:n_lines]
+
+        paper, ink = rng.randint(225, 255), rng.randint(0, 70)
+        image = Image.new("L", (side, side), paper)
+        for i, line in enumerate(lines):
+            draw_text(image, (left, top + i * pitch), line, font, ink)
+        meta = {"font": font_path.name, "font_px": px, "lines": n_lines}
+        return Sample(
+            key="", image=image, target="\n".join(lines), task="ocr", lang=self.lang, kind=self.name, meta=meta
+        )
