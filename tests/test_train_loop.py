@@ -236,7 +236,7 @@ def test_lr_scale_gives_a_part_its_own_learning_rate_and_a_char_tokenizer(tmp_pa
     recipe = write_recipe(
         tmp_path / "r.yaml", shards, tmp_path / "run",
         model={"tokenizer_type": "chars", "config": {**TINY_MODEL, "projector_norm": True}},
-        optim={"lr_scale": {"vision_vocab": 0.1}, "scheduler": "constant", "warmup_steps": 0},
+        optim={"lr_scale": {"vision_vocab": 0.1, "projector_vary": 0.5}, "scheduler": "constant", "warmup_steps": 0},
         train={"max_steps": 2},
     )  # fmt: skip
     trainer = Trainer(load_recipe(recipe), progress=False)
@@ -245,7 +245,8 @@ def test_lr_scale_gives_a_part_its_own_learning_rate_and_a_char_tokenizer(tmp_pa
     lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert all(lr_of[id(p)] == pytest.approx(2e-4) for p in model.vision_vocab.parameters())
     assert all(lr_of[id(p)] == pytest.approx(2e-3) for p in model.language_model.parameters())
-    assert all(lr_of[id(p)] == pytest.approx(2e-3) for p in model.projector_norm.parameters())
+    for module in (model.projector_vary, model.projector_norm):  # the norm belongs to the projector part
+        assert all(lr_of[id(p)] == pytest.approx(1e-3) for p in module.parameters())
     tokenizer = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer.json").read_text())
     assert tokenizer["model"]["type"] == "WordLevel"  # one token per character
     trainer.train()

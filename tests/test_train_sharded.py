@@ -29,6 +29,16 @@ def launch(config: Path, recipe: Path, out: Path, *extra: str):
                    f"train.output_dir={out}", *extra, timeout=240)  # fmt: skip
 
 
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    """Two saved models hold the same weights (rtol 1e-4); the message names the keys that differ.
+
+    atol 1e-5 where needed: k_proj biases get (in exact arithmetic) zero gradient, so they hold only float noise.
+    """
+    one, two = VaryForCausalLM.from_pretrained(a).state_dict(), VaryForCausalLM.from_pretrained(b).state_dict()
+    bad = [k for k in one if not torch.allclose(one[k], two[k], rtol=1e-4, atol=atol)]
+    assert not bad, (bad[:8], [(one[k] - two[k]).abs().max().item() for k in bad[:8]])
+
+
 def test_zero2_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
     shards = write_shards(tmp_path / "pages", count=32, per_shard=16)
     recipe = write_recipe(tmp_path / "r.yaml", shards, tmp_path / "one")
@@ -43,11 +53,7 @@ def test_zero2_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
     assert len(set(one_losses)) == 4 and losses(run) == pytest.approx(one_losses, rel=1e-5)
     grads = [r["grad_norm"] for r in read_log(run / "log.jsonl")]  # DeepSpeed clips and reports the norm
     assert grads == pytest.approx([r["grad_norm"] for r in read_log(tmp_path / "one" / "log.jsonl")], rel=1e-4)
-    one = VaryForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
-    two = VaryForCausalLM.from_pretrained(run / "model").state_dict()  # gathered from the ZeRO partitions
-    # atol 1e-5: k_proj biases get (in exact arithmetic) zero gradient, so they hold only float noise
-    bad = [k for k in one if not torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5)]
-    assert not bad, (bad[:8], [(one[k] - two[k]).abs().max().item() for k in bad[:8]])
+    assert_same_weights(tmp_path / "one" / "model", run / "model", atol=1e-5)  # gathered from the ZeRO partitions
 
     # Crash after step 2: drop the later checkpoint and the final model, resume from the ZeRO checkpoint.
     shutil.rmtree(run / "checkpoint-0000004")
@@ -67,9 +73,7 @@ def test_zero3_on_two_cpu_processes_matches_one_process(tmp_path):
     assert zero.returncode == 0, zero.stderr[-3000:]
     assert losses(tmp_path / "zero3") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
     assert (tmp_path / "zero3" / "checkpoint-0000002" / "pytorch_model").is_dir()
-    one = VaryForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
-    three = VaryForCausalLM.from_pretrained(tmp_path / "zero3" / "model").state_dict()
-    assert all(torch.allclose(one[k], three[k], rtol=1e-4, atol=1e-6) for k in one)
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "zero3" / "model", atol=1e-6)
 
 
 def test_fsdp2_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
@@ -83,11 +87,7 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process_and_resumes(tmp_path):
     assert (run / "checkpoint-0000004" / "pytorch_model_fsdp_0").is_dir()  # FSDP's sharded checkpoint: FSDP ran
     one_losses = losses(tmp_path / "one")
     assert losses(run) == pytest.approx(one_losses, rel=1e-5)
-    one = VaryForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
-    two = VaryForCausalLM.from_pretrained(run / "model").state_dict()
-    # atol 1e-5: k_proj biases get (in exact arithmetic) zero gradient, so they hold only float noise
-    bad = [k for k in one if not torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5)]
-    assert not bad, (bad[:8], [(one[k] - two[k]).abs().max().item() for k in bad[:8]])
+    assert_same_weights(tmp_path / "one" / "model", run / "model", atol=1e-5)
     shutil.rmtree(run / "checkpoint-0000004")
     shutil.rmtree(run / "model")
     resumed = launch(fsdp, recipe, run, "--resume")

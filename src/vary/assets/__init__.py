@@ -1,4 +1,7 @@
-"""Files shipped inside the package: the bundled nano-ocr model (vary/assets/model, see MODEL_CARD.md)."""
+"""Files shipped inside the package: a bundled model in vary/assets/model, once one ships.
+
+Its recipe and status: reports/training/nano-ocr/README.md.
+"""
 
 from __future__ import annotations
 

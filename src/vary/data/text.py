@@ -34,34 +34,37 @@ def get_faker(locale: str) -> Faker:
 
 
 @functools.cache
-def _zh_vocabulary() -> tuple[list[str], list[float]]:
-    """Chinese words and cumulative weights from jieba's dictionary (pure-CJK entries only)."""
+def _jieba_dictionary() -> tuple[tuple[str, int], ...]:
+    """(word, frequency) of every pure-CJK entry of jieba's dictionary, in file order (read once)."""
     import jieba
 
-    words, cum, total = [], [], 0.0
-    path = Path(jieba.__file__).with_name("dict.txt")
-    with path.open(encoding="utf-8") as f:
+    entries = []
+    with Path(jieba.__file__).with_name("dict.txt").open(encoding="utf-8") as f:
         for line in f:
             word, freq, _ = line.split(" ", 2)
             if _CJK_WORD.fullmatch(word):
-                total += int(freq) ** 0.75
-                words.append(word)
-                cum.append(total)
+                entries.append((word, int(freq)))
+    return tuple(entries)
+
+
+@functools.cache
+def _zh_vocabulary() -> tuple[list[str], list[float]]:
+    """Chinese words and cumulative weights (frequency^0.75) from jieba's dictionary."""
+    words, cum, total = [], [], 0.0
+    for word, freq in _jieba_dictionary():
+        total += freq**0.75
+        words.append(word)
+        cum.append(total)
     return words, cum
 
 
 @functools.cache
 def common_chars(n: int) -> frozenset[str]:
     """The n most frequent Chinese characters, by their summed word frequencies in jieba's dictionary."""
-    import jieba
-
     counts: dict[str, int] = {}
-    with Path(jieba.__file__).with_name("dict.txt").open(encoding="utf-8") as f:
-        for line in f:
-            word, freq, _ = line.split(" ", 2)
-            if _CJK_WORD.fullmatch(word):
-                for ch in word:
-                    counts[ch] = counts.get(ch, 0) + int(freq)
+    for word, freq in _jieba_dictionary():
+        for ch in word:
+            counts[ch] = counts.get(ch, 0) + freq
     return frozenset(sorted(counts, key=lambda c: (-counts[c], c))[:n])
 
 

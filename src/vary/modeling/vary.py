@@ -156,14 +156,19 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             if module is not None and freeze:
                 module.requires_grad_(False)
 
+    def part_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters of each part this model has (the names recipes freeze and scale): vision_vocab,
+        projector_vary (with projector_norm), lm, and for Vary-base clip and projector_clip."""
+        parts = {"vision_vocab": [self.vision_vocab], "projector_vary": [self.projector_vary, self.projector_norm],
+                 "lm": [self.language_model], "clip": [self.clip], "projector_clip": [self.projector_clip]}  # fmt: skip
+        return {
+            name: [p for m in modules if m is not None for p in m.parameters()]
+            for name, modules in parts.items()
+            if modules[0] is not None
+        }
+
     def num_parameters_by_part(self) -> dict[str, int]:
-        parts = {"vision_vocab": self.vision_vocab, "projector_vary": self.projector_vary, "lm": self.language_model}
-        if self.clip is not None:
-            parts |= {"clip": self.clip, "projector_clip": self.projector_clip}
-        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
-        if self.projector_norm is not None:  # part of the projector, for freezing and counting
-            counts["projector_vary"] += sum(p.numel() for p in self.projector_norm.parameters())
-        return counts
+        return {name: sum(p.numel() for p in params) for name, params in self.part_parameters().items()}
 
 
 def _trainable(module: nn.Module) -> bool:

@@ -92,10 +92,9 @@ def tokenizer_folder(recipe: Recipe) -> Path | None:
 
 
 def train_tokenizer(texts, vocab_size: int, folder: Path, kind: str = "bpe"):
-    """A byte-level BPE or a character tokenizer on the training texts (special ids 0..5, as nano expects)."""
-    if kind not in ("bpe", "chars"):
-        raise ValueError(f"model.tokenizer_type must be 'bpe' or 'chars', got {kind!r}")
-    train = train_char_tokenizer if kind == "chars" else train_bpe_tokenizer
+    """A byte-level BPE or a character tokenizer (recipes.TOKENIZER_TYPES; validated with the recipe) on the
+    training texts, special ids 0..5 as nano expects; saved to `folder`."""
+    train = {"bpe": train_bpe_tokenizer, "chars": train_char_tokenizer}[kind]
     tokenizer = train(texts, vocab_size=vocab_size)
     tokenizer.save_pretrained(folder)
     return tokenizer

@@ -22,6 +22,7 @@ import yaml
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # configs/ beside src/ (editable install)
 SCHEDULERS = ("cosine", "linear", "constant")
 FREEZABLE = ("vision_vocab", "clip", "projector_vary", "projector_clip", "lm")
+TOKENIZER_TYPES = ("bpe", "chars")  # what model.tokenizer_type may ask vary.train.init.train_tokenizer for
 
 
 class RecipeError(ValueError):
@@ -159,8 +160,8 @@ def validate(recipe: Recipe) -> None:
         (t.save_every >= 1 and t.keep_last >= 1, "train.save_every and train.keep_last must be >= 1"),
         (recipe.data.max_length >= 8, f"data.max_length must be >= 8, got {recipe.data.max_length}"),
         (all(s.weight > 0 for s in recipe.data.sources), "data.sources[*].weight must be > 0"),
-        (recipe.model.tokenizer_type in ("bpe", "chars"),
-         f"model.tokenizer_type must be bpe or chars, got {recipe.model.tokenizer_type!r}"),
+        (recipe.model.tokenizer_type in TOKENIZER_TYPES,
+         f"model.tokenizer_type must be {' or '.join(TOKENIZER_TYPES)}, got {recipe.model.tokenizer_type!r}"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:

@@ -52,8 +52,6 @@ from vary.train.recipes import Recipe, RecipeError
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
-PARTS = {"vision_vocab": "vision_vocab", "clip": "clip", "projector_vary": "projector_vary",
-         "projector_clip": "projector_clip", "lm": "language_model"}  # fmt: skip
 
 
 class _TiedWeightsNote(logging.Filter):
@@ -299,14 +297,17 @@ class Trainer:
     def _preset_text(self) -> dict:
         return {**PRESETS[self.recipe.model.preset]["text_config"], **self.recipe.model.config.get("text_config", {})}
 
+    def _part(self, part: str, key: str) -> list[torch.nn.Parameter]:
+        """The parameters of a part named in the recipe under `key` (model.freeze, optim.lr_scale)."""
+        params = self.model.part_parameters().get(part)
+        if params is None:
+            raise RecipeError(f"{self.recipe.source}: {key} names {part!r} but this model has no such part")
+        return params
+
     def _freeze(self) -> None:
         for part in self.recipe.model.freeze:
-            module = getattr(self.model, PARTS[part])
-            if module is None:
-                raise RecipeError(f"{self.recipe.source}: model.freeze names {part!r} but this model has no such part")
-            module.requires_grad_(False)
-            if part == "projector_vary" and self.model.projector_norm is not None:
-                self.model.projector_norm.requires_grad_(False)
+            for p in self._part(part, "model.freeze"):
+                p.requires_grad_(False)
 
     def _describe(self) -> str:
         r, counts = self.recipe, self.model.num_parameters_by_part()
@@ -327,12 +328,7 @@ class Trainer:
             raise RecipeError(f"{self.recipe.source}: model.freeze leaves no trainable parameter")
         scale_of = {}  # parameter -> lr multiplier of its part (optim.lr_scale)
         for part, scale in o.lr_scale.items():
-            module = getattr(self.model, PARTS[part])
-            if module is None:
-                raise RecipeError(
-                    f"{self.recipe.source}: optim.lr_scale names {part!r} but this model has no such part"
-                )
-            for p in module.parameters():
+            for p in self._part(part, "optim.lr_scale"):
                 scale_of[p] = float(scale)
         groups: dict[tuple[float, bool], list] = {}
         for p in params:  # matrices decay; biases and norm scales do not
