@@ -409,7 +409,8 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # every process writes its own RNG state
+        acc.save_state(str(tmp))  # every process writes its own RNG state (and, for FSDP, its shard)
+        acc.wait_for_everyone()  # save_state can return on rank 0 while other ranks still write into tmp
         if self.main:
             (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1), encoding="utf-8")
             self.model_config.save_pretrained(tmp)
