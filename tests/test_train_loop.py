@@ -22,7 +22,9 @@ import vary
 from test_train_data import TINY_MODEL, write_shards
 from test_train_init import BASE_MODEL
 from vary.cli import app
+from vary.data.dataset import VaryTrainDataset, open_source
 from vary.modeling.vary import VaryForCausalLM
+from vary.train.heldout import _batches, heldout_losses
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import OutOfMemory, Trainer, read_log
 
@@ -95,6 +97,8 @@ def test_two_cpu_processes_give_the_losses_of_one(tmp_path, shards):
 
 KILLER = """
 import os, signal, sys
+from vary.data.dataset import VaryTrainDataset, open_source
+from vary.train.heldout import _batches, heldout_losses
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import Trainer
 
@@ -253,3 +257,40 @@ def test_lr_scale_gives_a_part_its_own_learning_rate_and_a_char_tokenizer(tmp_pa
     assert [round(r["lr"], 8) for r in read_log(tmp_path / "run" / "log.jsonl")] == [2e-3, 2e-3]  # the recipe's lr
     with pytest.raises(RecipeError, match="optim.lr_scale.eyes"):
         load_recipe(recipe, ["optim.lr_scale={eyes: 0.1}"])
+
+
+# --- held-out evaluation during training ---------------------------------------------------------------------
+def test_heldout_batches_never_leave_a_sample_alone():
+    assert [list(b) for b in _batches(5, 2)] == [[0, 1], [2, 3, 4]]
+    assert [list(b) for b in _batches(4, 2)] == [[0, 1], [2, 3]]
+    assert [list(b) for b in _batches(1, 8)] == [[0]]
+
+
+def test_heldout_loss_shows_whether_the_model_uses_the_image(tmp_path, shards):
+    trainer = Trainer(load_recipe(write_recipe(tmp_path / "r.yaml", shards, tmp_path / "run")), progress=False)
+    trainer.setup()
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    dataset = VaryTrainDataset([trainer.sources[0]], trainer.processor, 96)
+    random_init = heldout_losses(model, dataset, 6, 4)
+    assert random_init["loss"] != pytest.approx(random_init["loss_other_images"], abs=1e-4)
+    with torch.no_grad():
+        model.projector_vary.weight.zero_()  # image features = the projector's bias: the image no longer matters
+    blind = heldout_losses(model, dataset, 6, 4)
+    assert blind["loss"] == pytest.approx(blind["loss_other_images"], abs=1e-6)
+
+
+def test_eval_sources_are_scored_during_training_and_match_the_saved_model(tmp_path, shards):
+    heldout = write_shards(tmp_path / "heldout", count=6, per_shard=6, start=1000)
+    recipe = write_recipe(tmp_path / "r.yaml", shards, tmp_path / "run",
+                          data={"eval_sources": [{"path": str(heldout)}], "eval_samples": 5},
+                          train={"eval_every": 2, "max_steps": 3})  # fmt: skip
+    Trainer(load_recipe(recipe), progress=False).train()
+    records = read_log(tmp_path / "run" / "eval.jsonl")
+    assert [r["step"] for r in records] == [2, 3]  # every eval_every steps and at the end
+    model, processor = vary.load(tmp_path / "run" / "model")
+    dataset = VaryTrainDataset([open_source(heldout, progress=False)], processor, 96)
+    again = heldout_losses(model.eval(), dataset, 5, 2)
+    assert records[-1]["heldout/loss"] == pytest.approx(again["loss"], abs=1e-4)
+    assert records[-1]["heldout/loss_other_images"] == pytest.approx(again["loss_other_images"], abs=1e-4)
+    with pytest.raises(RecipeError, match="eval_every"):
+        load_recipe(recipe, ["train.eval_every=0"])

@@ -1,5 +1,5 @@
 """Does a trained model read the image? Answer-token loss on held-out shards with each sample's own image,
-with the images of other samples (rolled within the batch) and with blank images.
+with the next sample's image (vary.train.heldout) and with blank images.
 
 If the loss with the true images is not clearly below the other two, the model has learnt the language of
 the targets (their structure and word statistics) but not yet to read: the plateau the pilot asks about.
@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 
 import vary
-from vary.data.dataset import Collator, VaryTrainDataset, open_source
-from vary.train.trainer import answer_tokens, token_loss_sum
+from vary.data.dataset import VaryTrainDataset, open_source
+from vary.train.heldout import OWN_AND_OTHER, heldout_losses
 
 
-@torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -32,19 +31,9 @@ def main() -> None:
     model, processor = vary.load(args.model)
     model.eval()
     dataset = VaryTrainDataset([open_source(args.data, progress=False)], processor, args.max_length)
-    collate = Collator(dataset, pad_token_id=model.config.text_config.pad_token_id or 0)
-    totals = {"true images": 0.0, "other samples' images": 0.0, "blank images": 0.0}
-    tokens = 0
-    for start in range(0, args.samples, args.batch_size):
-        batch = collate([dataset[(0, i, i)] for i in range(start, min(start + args.batch_size, args.samples))])
-        batch.pop("stats")
-        labels, pixels = batch.pop("labels"), batch.pop("pixel_values")
-        tokens += answer_tokens(labels)
-        for name, images in zip(totals, (pixels, pixels.roll(1, 0), torch.zeros_like(pixels)), strict=True):
-            logits = model(**batch, pixel_values=images, use_cache=False).logits
-            totals[name] += float(token_loss_sum(logits, labels))
-    result = {name: round(total / tokens, 4) for name, total in totals.items()} | {"answer_tokens": tokens}
-    print(json.dumps(result, indent=1))
+    variants = OWN_AND_OTHER | {"loss_blank_images": lambda own, other: torch.zeros_like(own)}
+    losses = heldout_losses(model, dataset, args.samples, args.batch_size, variants)
+    print(json.dumps({name: round(value, 4) for name, value in losses.items()}, indent=1))
 
 
 if __name__ == "__main__":

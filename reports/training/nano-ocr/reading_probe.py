@@ -20,7 +20,7 @@ import vary
 from vary.data.dataset import Collator, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
-from vary.train.trainer import answer_tokens, token_loss_sum
+from vary.train.heldout import answer_tokens, token_loss_sum
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--freeze-vision", action="store_true")
+    parser.add_argument("--vision-lr-scale", type=float, default=1.0, help="the vision vocabulary's lr, times --lr")
     parser.add_argument("--cheat", choices=("all", "one"), default=None)
     args = parser.parse_args()
 
@@ -47,7 +48,15 @@ def main() -> None:
     code = torch.randn(len(tokenizer), config.text_config.hidden_size)
     if args.freeze_vision:
         model.vision_vocab.requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    vision = {id(p) for p in model.vision_vocab.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in vision]},
+        {
+            "params": [p for p in model.vision_vocab.parameters() if p.requires_grad],
+            "lr": args.lr * args.vision_lr_scale,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
 
     def loss_with(images: torch.Tensor) -> torch.Tensor:
         if args.cheat is None:

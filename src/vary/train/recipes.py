@@ -65,6 +65,8 @@ class DataRecipe:
     shuffle: bool = True
     num_workers: int = 0  # DataLoader worker processes per training process
     tokenizer_corpus: int = 20000  # samples whose texts train the BPE when no tokenizer folder is given
+    eval_sources: list[SourceRecipe] = field(default_factory=list)  # held-out shard folders scored during training
+    eval_samples: int = 64  # the first N samples of each eval source
 
 
 @dataclass
@@ -91,6 +93,7 @@ class TrainRecipe:
     mixed_precision: str = "no"  # no | bf16 | fp16 (GPU only; CPU runs in fp32)
     save_every: int = 500  # steps between checkpoints (a final one is always written)
     keep_last: int = 3  # checkpoints kept on disk
+    eval_every: int = 500  # steps between held-out evaluations of data.eval_sources (one also runs at the end)
 
 
 @dataclass
@@ -158,6 +161,7 @@ def validate(recipe: Recipe) -> None:
         (t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}"),
         (t.max_steps is not None or (t.epochs or 0) > 0, "set train.max_steps or train.epochs"),
         (t.save_every >= 1 and t.keep_last >= 1, "train.save_every and train.keep_last must be >= 1"),
+        (t.eval_every >= 1 and recipe.data.eval_samples >= 1, "train.eval_every and data.eval_samples must be >= 1"),
         (recipe.data.max_length >= 8, f"data.max_length must be >= 8, got {recipe.data.max_length}"),
         (all(s.weight > 0 for s in recipe.data.sources), "data.sources[*].weight must be > 0"),
         (recipe.model.tokenizer_type in TOKENIZER_TYPES,

@@ -11,7 +11,8 @@ loss sum divided by the global token count (all-reduced before the step). So the
 whatever the split over processes and micro-batches, and long dense pages weigh as many tokens as they
 hold instead of as much as a five-word caption (mean-of-means favours short targets).
 
-Run folder:  recipe.yaml, log.jsonl (one line per step), tensorboard/, init_report.json, tokenizer/
+Run folder:  recipe.yaml, log.jsonl (one line per step), eval.jsonl (held-out losses, with data.eval_sources),
+             tensorboard/, init_report.json, tokenizer/
              checkpoint-0000100/ (accelerate state: model, optimizer, scheduler, RNG per process; plus
              trainer_state.json, config.json and the tokenizer, so `vary.load(checkpoint)` works; a
              DeepSpeed or FSDP checkpoint holds that engine's sharded format instead)
@@ -35,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
@@ -43,15 +43,17 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from vary.config import PRESETS
-from vary.data.dataset import IGNORE_INDEX, Collator, DataError, MixtureSampler, VaryTrainDataset, open_source
+from vary.data.dataset import Collator, DataError, MixtureSampler, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import check_image_tokens, load_tokenizer
+from vary.train.heldout import answer_tokens, heldout_losses, token_loss_sum
 from vary.train.init import build_model, format_report, save_report, tokenizer_folder, train_tokenizer
 from vary.train.recipes import Recipe, RecipeError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
+EVAL_FILE = "eval.jsonl"
 
 
 class _TiedWeightsNote(logging.Filter):
@@ -109,17 +111,6 @@ def oom_advice(recipe: Recipe, accumulation: int, device: str) -> str:
     if device != "cpu":
         lines.append("  - shard the model over GPUs: accelerate launch --config_file with FSDP or DeepSpeed ZeRO-2/3")
     return "\n".join(lines)
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropies over positions whose label is not -100."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-
-
-def answer_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -232,7 +223,9 @@ class Trainer:
         # per process); registering it puts it in every checkpoint.
         self.accelerator.register_for_checkpointing(self.scheduler)
         self._maybe_resume()
+        self.processor = VaryProcessor(self.model_config, self.tokenizer)
         self.loader = self._loader()
+        self.eval_sets = self._eval_sets()
         self.accelerator.init_trackers("run", init_kwargs={"tensorboard": {"purge_step": self.state.step + 1}})
 
     @contextlib.contextmanager
@@ -348,7 +341,7 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         r, acc = self.recipe, self.accelerator
-        processor = VaryProcessor(self.model_config, self.tokenizer)
+        processor = self.processor
         augment = None
         if r.data.augment:
             try:
@@ -372,6 +365,38 @@ class Trainer:
             num_workers=r.data.num_workers,
             persistent_workers=r.data.num_workers > 0,
         )
+
+    def _eval_sets(self) -> dict[str, VaryTrainDataset]:
+        """data.eval_sources by folder name (a clash gets its position appended), without augmentation."""
+        sets = {}
+        for i, s in enumerate(self.recipe.data.eval_sources):
+            name = Path(s.path).name if Path(s.path).name not in sets else f"{Path(s.path).name}-{i}"
+            source = open_source(s.path, s.images, progress=False)
+            sets[name] = VaryTrainDataset([source], self.processor, self.recipe.data.max_length)
+        return sets
+
+    def evaluate(self) -> dict:
+        """Held-out loss of each eval source, with its own images and with other samples' images (the gap
+        shows whether the model reads; see vary.train.heldout). Written to eval.jsonl and TensorBoard.
+
+        Every process scores the same samples: under FSDP and ZeRO-3 all of them must run each forward, and
+        the sets are small."""
+        r, acc = self.recipe, self.accelerator
+        record: dict = {"step": self.state.step}
+        self.model.eval()
+        for name, dataset in self.eval_sets.items():
+            losses = heldout_losses(self.model, dataset, r.data.eval_samples, r.train.batch_size,
+                                    device=acc.device, autocast=acc.autocast)  # fmt: skip
+            record |= {f"{name}/{key}": round(value, 5) for key, value in losses.items()}
+        self.model.train()
+        if self.main:
+            with open(self.out / EVAL_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            acc.log({f"eval/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
+            parts = [f"{n} {record[f'{n}/loss']:.4f} (other images {record[f'{n}/loss_other_images']:.4f})"
+                     for n in self.eval_sets]  # fmt: skip
+            self._print(f"eval at step {record['step']}: " + ", ".join(parts))
+        return record
 
     @property
     def model_config(self):
@@ -457,7 +482,10 @@ class Trainer:
             bar.set_postfix(
                 loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", samples_s=f"{record['samples_per_s']:.1f}"
             )
-            if self.state.step % r.train.save_every == 0 or self.state.step == self.max_steps:
+            last = self.state.step == self.max_steps
+            if self.eval_sets and (self.state.step % r.train.eval_every == 0 or last):
+                self.evaluate()
+            if self.state.step % r.train.save_every == 0 or last:
                 path = self.save_checkpoint()
                 if self.on_checkpoint is not None:
                     self.on_checkpoint(path, self.state.step)
