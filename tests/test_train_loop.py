@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from unittest import mock
 
+import matplotlib.axes
 import pytest
 import torch
 import yaml
@@ -25,6 +27,7 @@ from vary.cli import app
 from vary.data.dataset import VaryTrainDataset, open_source
 from vary.modeling.vary import VaryForCausalLM
 from vary.train.heldout import _batches, heldout_losses
+from vary.train.plot import plot_run
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import OutOfMemory, Trainer, read_log
 
@@ -99,6 +102,7 @@ KILLER = """
 import os, signal, sys
 from vary.data.dataset import VaryTrainDataset, open_source
 from vary.train.heldout import _batches, heldout_losses
+from vary.train.plot import plot_run
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import Trainer
 
@@ -294,3 +298,8 @@ def test_eval_sources_are_scored_during_training_and_match_the_saved_model(tmp_p
     assert records[-1]["heldout/loss_other_images"] == pytest.approx(again["loss_other_images"], abs=1e-4)
     with pytest.raises(RecipeError, match="eval_every"):
         load_recipe(recipe, ["train.eval_every=0"])
+    # The plot draws both held-out curves next to the training loss.
+    with mock.patch("matplotlib.axes.Axes.plot", side_effect=matplotlib.axes.Axes.plot, autospec=True) as plot:
+        plot_run(tmp_path / "run")
+    labels = [c.kwargs.get("label") for c in plot.call_args_list]
+    assert "heldout" in labels and "heldout, other images" in labels
