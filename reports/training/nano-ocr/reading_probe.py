@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 
 import torch
+from vision_warmup import nano_model
 
-import vary
 from vary.data.dataset import Collator, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
@@ -37,9 +37,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(args.tokenizer)
-    config = vary.preset("nano", vision_config={"image_size": 384}, image_token_len=36, projector_norm=True,
-                         text_config={"vocab_size": len(tokenizer)})  # fmt: skip
-    model = vary.VaryForCausalLM(config).train()
+    model = nano_model(len(tokenizer)).train()
+    config = model.config
     processor = VaryProcessor(config, tokenizer)
     dataset = VaryTrainDataset([open_source(args.data, progress=False)], processor, max_length=352)
     batch = Collator(dataset, tokenizer.pad_token_id)([dataset[(0, i, i)] for i in range(args.samples)])
