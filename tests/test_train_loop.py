@@ -100,10 +100,7 @@ def test_two_cpu_processes_give_the_losses_of_one(tmp_path, shards):
 
 KILLER = """
 import os, signal, sys
-from vary.data.dataset import VaryTrainDataset, open_source
-from vary.train.heldout import _batches, heldout_losses
-from vary.train.plot import plot_run
-from vary.train.recipes import RecipeError, load_recipe
+from vary.train.recipes import load_recipe
 from vary.train.trainer import Trainer
 
 def kill(path, step):

@@ -17,16 +17,11 @@ import argparse
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vision_warmup import ink_cells, nano_model
+from vision_warmup import ink_cells, nano_model, spread
 
 from vary.data.dataset import Collator, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
-
-
-def spread(x: torch.Tensor) -> float:
-    """Across-image std (dim 0) relative to the overall std."""
-    return (x.std(0).mean() / x.std()).item()
 
 
 def stage_spreads(model: nn.Module, pixels: torch.Tensor) -> dict[str, float]:

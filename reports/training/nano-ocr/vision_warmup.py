@@ -76,6 +76,11 @@ def ink_cells(pixels: torch.Tensor, mean: list[float], std: list[float], grid: i
     return cells.transpose(1, 2)
 
 
+def spread(tokens: torch.Tensor) -> float:
+    """Across-image std (dim 0) relative to the overall std: ~0 means every image gives the same tokens."""
+    return (tokens.std(0).mean() / tokens.std()).item()
+
+
 def scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     """Precision and recall of the characters predicted present (logit > 0)."""
     predicted = logits > 0
@@ -137,10 +142,6 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50))
 
-    def character_logits(pixels: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            return head(model.encode_images(pixels)).float()
-
     def pixel_loss(tokens: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         target = ink_cells(pixels, config.image_mean, config.image_std, grid, cell)
         with autocast:
@@ -164,19 +165,17 @@ def main() -> None:
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % args.eval_every == 0 or step == args.steps:
-            with torch.no_grad():
-                targets = character_sets(held["labels"], len(tokenizer), ignore)
-                logits = torch.cat([character_logits(p) for p in held["pixel_values"].split(16)])
-                rolled = torch.cat([character_logits(p) for p in held["pixel_values"].roll(1, 0).split(16)])
-                with autocast:
-                    tokens = model.encode_images(held["pixel_values"][:16]).float()
-                recon = pixel_loss(tokens, held["pixel_values"][:16]).item()
-            spread = (tokens.std(0).mean() / tokens.std()).item()  # ~0: the encoder ignores the image
-            own, other = scores(logits, targets), scores(rolled, targets)
+            with torch.no_grad(), autocast:
+                tokens = torch.cat([model.encode_images(p) for p in held["pixel_values"].split(16)]).float()
+                logits = head(tokens).float()
+                recon = pixel_loss(tokens[:16], held["pixel_values"][:16]).item()
+            targets = character_sets(held["labels"], len(tokenizer), ignore)
+            # The head scores each image on its own, so the next image's logits are these, rolled.
+            own, other = scores(logits, targets), scores(logits.roll(1, 0), targets)
             tqdm.write(
                 f"step {step}: held-out loss {F.binary_cross_entropy_with_logits(logits, targets):.4f}, "
                 f"precision/recall {own[0]:.3f}/{own[1]:.3f} (another image's: {other[0]:.3f}/{other[1]:.3f}), "
-                f"across-image std of the tokens {spread:.3f}, pixel loss {recon:.3f}"
+                f"across-image std of the tokens {spread(tokens[:16]):.3f}, pixel loss {recon:.3f}"
             )
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
