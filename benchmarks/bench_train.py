@@ -1,6 +1,7 @@
-"""Training throughput and peak memory on this machine's CPU: the `nano` recipe and full-size `vary-tiny` at batch 1.
+"""Training throughput and peak memory on this machine's CPU: the `nano` recipe, `nano-ocr-read` (384 px, one-line
+words, vision vocabulary frozen: the bundled model's reading stage) and full-size `vary-tiny` at batch 1.
 
-    python benchmarks/bench_train.py                       # nano 6 steps + vary-tiny 2 steps (~3 minutes)
+    python benchmarks/bench_train.py                       # nano 6, nano-ocr-read 20, vary-tiny 2 steps (~4 min)
     python benchmarks/bench_train.py --skip-tiny --nano-steps 10
 
 Each run is a child process (so its peak RSS is its own) training the shipped recipe on pages the data engine
@@ -54,6 +55,16 @@ def make_pages(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
+def make_words(folder: Path, count: int) -> Path:
+    """One-line words at 384 px, as the nano-ocr recipes' words-en."""
+    from vary.data.engine import GenerateConfig, generate
+
+    options = {"lines": "1-1", "font": "0.12-0.22"}
+    generate(GenerateConfig(kind="blocks", out=folder, count=count, size=384, shard_size=count, workers=2,
+                            options=options, progress=False))  # fmt: skip
+    return folder
+
+
 def run(recipe: str, overrides: list[str]) -> dict:
     started = time.perf_counter()
     proc = subprocess.run(
@@ -78,6 +89,7 @@ def report(name: str, r: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nano-steps", type=int, default=6)
+    parser.add_argument("--read-steps", type=int, default=20)
     parser.add_argument("--tiny-steps", type=int, default=2)
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--skip-nano", action="store_true")
@@ -93,6 +105,11 @@ def main() -> None:
             result = run("nano", [f"data.sources=[{{path: '{data}'}}]", f"train.output_dir={tmp / 'nano'}",
                                   f"train.max_steps={args.nano_steps}", "train.save_every=100000"])  # fmt: skip
             report("nano (512 px, batch 16 = 8 x 2 acc.)", result)
+            words = make_words(tmp / "words384", count=400)
+            result = run("nano-ocr-read", [f"data.sources=[{{path: '{words}'}}]", "data.eval_sources=[]",
+                                           "data.max_length=96", f"train.output_dir={tmp / 'nano-ocr-read'}",
+                                           f"train.max_steps={args.read_steps}", "train.save_every=100000"])  # fmt: skip
+            report("nano-ocr-read (384 px, frozen vision)", result)
         if not args.skip_tiny:
             data = make_pages(tmp / "pages1024", count=8, size=1024)
             result = run("vary-tiny", [f"data.sources=[{{path: '{data}'}}]", f"train.output_dir={tmp / 'tiny'}",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from test_data_sources import CJK, _ink_bands
 from vary.data.sources import get_source
@@ -26,6 +28,29 @@ def test_blocks_draw_exactly_the_target_lines(lang):
     assert a.target == b.target and a.image.tobytes() == b.image.tobytes()
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_blocks_character_boxes_cover_each_glyph_and_all_the_ink(lang):
+    plain = get_source("blocks", count=3, lang=lang, size=384, lines="1-3")
+    boxed = get_source("blocks", count=3, lang=lang, size=384, lines="1-3", boxes="true")
+    for index in range(3):
+        sample = boxed.make(index, random.Random(index))
+        assert sample.image.tobytes() == plain.make(index, random.Random(index)).image.tobytes()
+        chars, boxes = sample.target.replace("\n", ""), sample.meta["char_boxes"]
+        assert len(boxes) == len(chars)
+        pixels = np.asarray(sample.image.convert("L")).astype(int)
+        paper = np.median(pixels)
+        covered = np.zeros_like(pixels, dtype=bool)
+        for ch, (left, top, right, bottom) in zip(chars, boxes, strict=True):
+            assert 0 <= left < right <= 384 and 0 <= top < bottom <= 384
+            if not ch.isspace():
+                assert pixels[top:bottom, left:right].min() < paper - 60, f"no ink in the box of {ch!r}"
+                covered[top:bottom, left:right] = True
+        assert (pixels[~covered] > paper - 60).all(), "ink outside every character box"
+        lefts = [box[0] for box in boxes[: len(sample.target.split("\n")[0])]]
+        assert lefts == sorted(lefts)  # first line: left to right
+    assert "char_boxes" not in plain.make(0, random.Random(0)).meta
+
+
 def test_blocks_chinese_within_the_common_characters():
     allowed = common_chars(1000)
     assert len(allowed) == 1000 and "的" in allowed
@@ -39,7 +64,8 @@ def test_blocks_chinese_within_the_common_characters():
 
 
 @pytest.mark.parametrize(
-    "options", [{"lines": "0-3"}, {"lines": "5-2"}, {"font": "0.6-0.7"}, {"zh_chars": "10"}, {"count": None}]
+    "options",
+    [{"lines": "0-3"}, {"lines": "5-2"}, {"font": "0.6-0.7"}, {"zh_chars": "10"}, {"count": None}, {"boxes": "maybe"}],
 )
 def test_blocks_bad_options_are_clear_errors(options):
     kwargs = {"count": 2, "lang": "zh", "size": 384, **options}
@@ -55,3 +81,23 @@ def test_simple_bar_charts_have_one_series_of_three_to_six_bars():
         assert all(isinstance(v, int | float) for v in answer["data"].values())  # one series: flat dict
     with pytest.raises(ValueError, match="font_scale"):
         get_source("charts", count=1, font_scale="9")
+
+
+def test_cli_boxes_option_records_boxes_and_preview_outlines_them(tmp_path):
+    from typer.testing import CliRunner
+
+    from vary.data.cli import app
+
+    def red_pixels(boxes: str) -> int:
+        out = tmp_path / boxes
+        args = ["generate", "blocks", "--out", str(out), "--count", "2", "--size", "256", "--workers", "1",
+                "--quiet", "-o", "lines=1-2", "-o", "font=0.1-0.15", "-o", f"boxes={boxes}"]  # fmt: skip
+        assert CliRunner().invoke(app, args).exit_code == 0
+        sheet = tmp_path / f"{boxes}.png"
+        result = CliRunner().invoke(app, ["preview", str(out), "--out", str(sheet), "--n", "2"])
+        assert result.exit_code == 0, result.output
+        rgb = np.asarray(Image.open(sheet).convert("RGB")).astype(int)
+        return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)).sum())
+
+    plain, outlined = red_pixels("false"), red_pixels("true")  # plain: the sheet's own red captions
+    assert outlined > plain + 500, (plain, outlined)

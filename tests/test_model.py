@@ -148,6 +148,18 @@ def test_freeze_vision_stops_gradients_and_skips_autograd():
     assert feats.shape == (1, 256, 32)
 
 
+def test_frozen_vision_branches_stay_in_eval_mode_when_the_model_trains():
+    model = VaryForCausalLM(tiny_base_config())
+    model.train()
+    assert model.vision_vocab.training and model.clip.training  # trainable: ordinary train mode
+    model.freeze_vision(clip=False)
+    model.train()
+    assert not model.vision_vocab.training and model.clip.training and model.language_model.training
+    assert not any(m.training for m in model.vision_vocab.modules())
+    model.eval()
+    assert not model.language_model.training
+
+
 def test_sdpa_is_the_attention_of_every_branch(model):
     assert model.config._attn_implementation == "sdpa"
     assert model.language_model.config._attn_implementation == "sdpa"

@@ -25,6 +25,7 @@ from test_train_data import TINY_MODEL, write_shards
 from test_train_init import BASE_MODEL
 from vary.cli import app
 from vary.data.dataset import VaryTrainDataset, open_source
+from vary.modeling import fast
 from vary.modeling.vary import VaryForCausalLM
 from vary.train.heldout import _batches, heldout_losses
 from vary.train.plot import plot_run
@@ -145,7 +146,7 @@ def test_sigkill_after_a_checkpoint_then_resume_continues_exactly(tmp_path, shar
 
 
 # --- freezing ----------------------------------------------------------------------------------------------
-def test_vary_base_steps_keep_frozen_vision_bit_identical(tmp_path, shards):
+def test_vary_base_steps_keep_frozen_vision_bit_identical(tmp_path, shards, monkeypatch):
     recipe = write_recipe(
         tmp_path / "r.yaml",
         shards,
@@ -161,7 +162,11 @@ def test_vary_base_steps_keep_frozen_vision_bit_identical(tmp_path, shards):
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert model.clip is not None and trainer.accelerator.mixed_precision == "no" and model.is_activation_checkpointing
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    fast_encodes = []
+    encode = fast.sam_encoder_forward
+    monkeypatch.setattr(fast, "sam_encoder_forward", lambda *a: fast_encodes.append(1) or encode(*a))
     trainer.train()
+    assert len(fast_encodes) >= 2  # on a CPU the frozen vision vocabulary encodes on the fast inference path
     frozen, trained = 0, 0
     for name, param in model.named_parameters():
         if name.startswith(("vision_vocab.", "clip.")):

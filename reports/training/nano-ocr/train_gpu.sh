@@ -17,6 +17,7 @@ READ_STEPS=${READ_STEPS:-6000}    # stage 1 optimizer steps
 FINE_STEPS=${FINE_STEPS:-8000}    # stage 2
 BATCH=${BATCH:-64}
 WORKERS=${WORKERS:-4}             # DataLoader workers
+CELL_WEIGHT=${CELL_WEIGHT:-0}     # >0: the warm-up also names each cell's characters (untested at this scale)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 START=$(date +%s)
 
@@ -30,25 +31,27 @@ vary() { python3 -m vary "$@"; }
 D=data/nano-ocr
 PIDS=()
 gen() { vary data generate "$@" --size 384 --quiet & PIDS+=($!); }  # in parallel; each checked below
-gen blocks --lang en --count $((30000 / DIV)) --seed 103 --workers 1 --out $D/words-en -o lines=1-1 -o font=0.12-0.22
-gen blocks --lang zh --count $((15000 / DIV)) --seed 103 --workers 1 --out $D/words-zh -o lines=1-1 -o font=0.12-0.22 -o zh_chars=1000
-gen blocks --lang en --count $((20000 / DIV)) --seed 102 --workers 1 --out $D/blocks-en-line -o lines=1-1 -o font=0.07-0.12
-gen blocks --lang zh --count $((8000 / DIV)) --seed 102 --workers 1 --out $D/blocks-zh-line -o lines=1-2 -o font=0.07-0.12 -o zh_chars=1000
-gen blocks --lang en --count $((20000 / DIV)) --seed 101 --workers 1 --out $D/blocks-en-short -o lines=1-2
-gen blocks --lang en --count $((60000 / DIV)) --seed 100 --workers 3 --out $D/blocks-en
-gen blocks --lang zh --count $((30000 / DIV)) --seed 100 --workers 2 --out $D/blocks-zh -o zh_chars=1000
+blocks() { gen blocks -o boxes=true "$@"; }  # glyph boxes too, for the warm-up's --cell-weight
+blocks --lang en --count $((30000 / DIV)) --seed 103 --workers 1 --out $D/words-en -o lines=1-1 -o font=0.12-0.22
+blocks --lang zh --count $((15000 / DIV)) --seed 103 --workers 1 --out $D/words-zh -o lines=1-1 -o font=0.12-0.22 -o zh_chars=1000
+blocks --lang en --count $((20000 / DIV)) --seed 102 --workers 1 --out $D/blocks-en-line -o lines=1-1 -o font=0.07-0.12
+blocks --lang zh --count $((8000 / DIV)) --seed 102 --workers 1 --out $D/blocks-zh-line -o lines=1-2 -o font=0.07-0.12 -o zh_chars=1000
+blocks --lang en --count $((20000 / DIV)) --seed 101 --workers 1 --out $D/blocks-en-short -o lines=1-2
+blocks --lang en --count $((60000 / DIV)) --seed 100 --workers 3 --out $D/blocks-en
+blocks --lang zh --count $((30000 / DIV)) --seed 100 --workers 2 --out $D/blocks-zh -o zh_chars=1000
 gen natural --count $((5000 / DIV)) --seed 100 --workers 1 --out $D/natural
 gen charts --lang en --count $((4000 / DIV)) --seed 100 --workers 6 --out $D/charts -o kinds=bar -o simple=true -o font_scale=2.2
 H=data/heldout   # the held-out sets the recipes score during training (seeds 1000+)
-gen blocks --lang en --count 50 --seed 1001 --workers 1 --out $H/words-en -o lines=1-1 -o font=0.12-0.22
-gen blocks --lang en --count 100 --seed 1000 --workers 1 --out $H/blocks-en
-gen blocks --lang zh --count 100 --seed 1000 --workers 1 --out $H/blocks-zh -o zh_chars=1000
+blocks --lang en --count 50 --seed 1001 --workers 1 --out $H/words-en -o lines=1-1 -o font=0.12-0.22
+blocks --lang en --count 100 --seed 1000 --workers 1 --out $H/blocks-en
+blocks --lang zh --count 100 --seed 1000 --workers 1 --out $H/blocks-zh -o zh_chars=1000
 for pid in "${PIDS[@]}"; do wait "$pid"; done  # set -e: a failed generator stops the run here
 echo "data: $(($(date +%s) - START)) s"
 
 python3 reports/training/nano-ocr/vision_warmup.py --out runs/vision-warmup --heldout $H/words-en \
   --data $D/words-en --data $D/blocks-en-line --data $D/blocks-en --data $D/words-zh --data $D/blocks-zh \
-  --steps $WARM_STEPS --lr 3e-4 --pixel-weight 1 --batch-size $BATCH --workers $WORKERS --eval-every 500
+  --steps $WARM_STEPS --lr 3e-4 --pixel-weight 1 --cell-weight $CELL_WEIGHT --batch-size $BATCH --workers $WORKERS \
+  --eval-every 500
 echo "warm-up: $(($(date +%s) - START)) s"
 
 COMMON="train.mixed_precision=bf16 data.num_workers=$WORKERS train.batch_size=$BATCH train.global_batch_size=$BATCH"

@@ -62,6 +62,7 @@ class Conversation:
     image: Image.Image
     turns: list[tuple[str, str]]
     kind: str = ""
+    meta: dict = field(default_factory=dict)  # the record's generator extras (e.g. blocks' char_boxes)
 
 
 # --- sources ---------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class ShardSource:
         except (ValueError, OSError) as err:
             raise SkippedSample("corrupt", f"{where} ({err})") from err
         instruction = prompt if isinstance(prompt, str) else prompt_for(sample.task, sample.lang)
-        return Conversation(key, sample.image, [(instruction, sample.target)], sample.kind)
+        return Conversation(key, sample.image, [(instruction, sample.target)], sample.kind, sample.meta)
 
 
 class JsonSource:

@@ -140,9 +140,18 @@ def _glyph(font: ImageFont.FreeTypeFont, ch: str) -> tuple[Image.Image, int, int
     return glyphs[ch]
 
 
-def draw_text(image: Image.Image, xy: tuple[float, float], text: str, font: ImageFont.FreeTypeFont, fill) -> float:
+def draw_text(
+    image: Image.Image,
+    xy: tuple[float, float],
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    fill,
+    boxes: list[list[int]] | None = None,
+) -> float:
     """Draw one line like ImageDraw.text (anchor: left, ascender) from cached glyphs; returns its width.
 
+    `boxes`, when given, receives one [left, top, right, bottom] per character of `text`, in order: the
+    glyph's ink, or for whitespace its advance by the font size.
     Kerning is looked up only between Latin/Greek characters: basic layout reads the legacy 'kern'
     table, which CJK fonts do not have, and CJK pairs are too many to memoise.
     """
@@ -154,10 +163,15 @@ def draw_text(image: Image.Image, xy: tuple[float, float], text: str, font: Imag
         if prev and ch < "\u0370" and prev < "\u0370":
             x += _kern(font, prev, ch)
         g = _glyph(font, ch)
+        advance = text_width(font, ch)
         if g is not None:
             mask, dx, dy = g
             left, top = round(x) + dx, round(y) + dy
             core.paste(fill, (left, top, left + mask.width, top + mask.height), mask.im)
-        x += text_width(font, ch)
+            if boxes is not None:
+                boxes.append([left, top, left + mask.width, top + mask.height])
+        elif boxes is not None:
+            boxes.append([round(x), round(y), round(x + advance), round(y) + font.size])
+        x += advance
         prev = ch
     return x - x0

@@ -1,4 +1,7 @@
-"""`vary data preview`: a contact sheet of random samples (thumbnail, key, task and start of the target)."""
+"""`vary data preview`: a contact sheet of random samples (thumbnail, key, task and start of the target).
+
+Samples that record character boxes (blocks' `boxes=true`) show them as red outlines, to check them by eye.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +65,15 @@ def _wrap(font, text: str, width: int, max_lines: int) -> list[str]:
     return lines + ([cur] if cur else [])
 
 
+def _outline_boxes(image: Image.Image, boxes: list[list[int]]) -> Image.Image:
+    """An RGB copy of `image` with each [left, top, right, bottom] box outlined in red."""
+    image = image.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for left, top, right, bottom in boxes:
+        draw.rectangle([left, top, right - 1, bottom - 1], outline=(230, 0, 0), width=max(1, image.width // 256))
+    return image
+
+
 def contact_sheet(data: str | Path, out: str | Path, n: int = 12, seed: int = 0, columns: int = 4) -> Path:
     samples = pick_samples(data, n, seed)
     if not samples:
@@ -75,7 +87,7 @@ def contact_sheet(data: str | Path, out: str | Path, n: int = 12, seed: int = 0,
     for i, s in enumerate(samples):
         x, y = 10 + (i % cols) * (CELL + 10), 10 + (i // cols) * (CELL + text_h + 10)
         draw.rectangle([x, y, x + CELL, y + CELL + text_h], fill=(255, 255, 255))
-        thumb = s.image.copy()
+        thumb = _outline_boxes(s.image, s.meta.get("char_boxes", []))
         thumb.thumbnail((CELL, CELL))
         sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + (CELL - thumb.height) // 2))
         draw.rectangle([x, y, x + CELL, y + CELL], outline=(120, 120, 120))

@@ -150,6 +150,15 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         return self
 
     # --- training helpers -----------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> VaryForCausalLM:
+        """As nn.Module.train, but a frozen vision branch stays in eval mode (as BLIP-2 keeps its frozen ViT):
+        it is a fixed feature extractor, so no dropout, and on a CPU it can take the fast inference path."""
+        super().train(mode)
+        for branch in (self.vision_vocab, self.clip):
+            if branch is not None and not _trainable(branch):
+                branch.eval()
+        return self
+
     def freeze_vision(self, vision_vocab: bool = True, clip: bool = True) -> None:
         """Freeze vision branches (Vary-base trains only projectors + LLM). Frozen branches run without grad."""
         for module, freeze in ((self.vision_vocab, vision_vocab), (self.clip, clip)):

@@ -11,6 +11,9 @@ Options (all `--option key=value`):
   chars      none         e.g. "1-3": one line of that many characters instead (a reading curriculum's start)
   zh_chars   none         Chinese: write only with the N most frequent characters (see TextCorpus)
   font_style none         e.g. "sans" or "serif-bold" (see vary.data.fonts.find_fonts)
+  boxes      false        true: also record meta["char_boxes"], one [left, top, right, bottom] in image pixels
+                          per character of the target, newlines left out (glyph ink; whitespace: its advance).
+                          For objectives that need to know where each character is (vision_warmup.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,17 @@ def _span(text: str | tuple, cast) -> tuple:
     return lo, hi
 
 
+def _flag(value: bool | str) -> bool:
+    """--option values arrive as strings: "true"/"1"/"yes" -> True, "false"/"0"/"no"/"" -> False."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"blocks: boxes must be true or false, got {value!r}")
+
+
 class BlocksSource:
     name = "blocks"
     langs = ("en", "zh")
@@ -53,6 +67,7 @@ class BlocksSource:
         zh_chars: int | str | None = None,
         chars: str | None = None,
         font_style: str | None = None,
+        boxes: bool | str = False,
         corpus_dir: str | Path | None = None,
     ):
         if count is None:
@@ -61,6 +76,7 @@ class BlocksSource:
         self.lines = _span(lines, int)
         self.font = _span(font, float)
         self.chars = _span(chars, int) if chars not in (None, "", "none") else None
+        self.boxes = _flag(boxes)
         if self.font[1] > 0.6:
             raise ValueError(f"blocks: font {font!r} is a fraction of the image side; keep it under 0.6")
         zh_chars = int(zh_chars) if zh_chars not in (None, "", "none") else None
@@ -97,9 +113,12 @@ class BlocksSource:
 
         paper, ink = rng.randint(225, 255), rng.randint(0, 70)
         image = Image.new("L", (side, side), paper)
+        boxes: list[list[int]] | None = [] if self.boxes else None
         for i, line in enumerate(lines):
-            draw_text(image, (left, top + i * pitch), line, font, ink)
+            draw_text(image, (left, top + i * pitch), line, font, ink, boxes)
         meta = {"font": font_path.name, "font_px": px, "lines": n_lines}
+        if boxes is not None:
+            meta["char_boxes"] = boxes
         return Sample(
             key="", image=image, target="\n".join(lines), task="ocr", lang=self.lang, kind=self.name, meta=meta
         )
