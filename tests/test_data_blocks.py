@@ -81,6 +81,8 @@ def test_simple_bar_charts_have_one_series_of_three_to_six_bars():
         assert all(isinstance(v, int | float) for v in answer["data"].values())  # one series: flat dict
     with pytest.raises(ValueError, match="font_scale"):
         get_source("charts", count=1, font_scale="9")
+    with pytest.raises(ValueError, match="simple= must be true or false"):  # not a silent "no"
+        get_source("charts", count=1, simple="ture")
 
 
 def test_cli_boxes_option_records_boxes_and_preview_outlines_them(tmp_path):

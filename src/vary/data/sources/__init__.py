@@ -44,6 +44,17 @@ SOURCES: dict[str, str | type] = {
 }
 
 
+def option_flag(value: bool | str, name: str) -> bool:
+    """A yes/no --option (they arrive as strings): "true"/"1"/"yes" or "false"/"0"/"no"/""; anything else is an
+    error rather than a silent False."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "1", "yes", "false", "0", "no", ""):
+        return text in ("true", "1", "yes")
+    raise ValueError(f"--option {name}= must be true or false, got {value!r}")
+
+
 def get_source_class(name: str) -> type:
     """The source class registered under `name`, imported on first use."""
     if name not in SOURCES:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from vary.data.fonts import draw_text, find_fonts, load_font
 from vary.data.sample import Sample
+from vary.data.sources import option_flag
 from vary.data.sources.pages import wrap_chars, wrap_words
 from vary.data.text import TextCorpus
 
@@ -40,17 +41,6 @@ def _span(text: str | tuple, cast) -> tuple:
     if not 0 < lo <= hi:
         raise ValueError(f"blocks: bad range {text!r} (want 'low-high' with 0 < low <= high)")
     return lo, hi
-
-
-def _flag(value: bool | str) -> bool:
-    """--option values arrive as strings: "true"/"1"/"yes" -> True, "false"/"0"/"no"/"" -> False."""
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no", ""):
-        return False
-    raise ValueError(f"blocks: boxes must be true or false, got {value!r}")
 
 
 class BlocksSource:
@@ -76,7 +66,7 @@ class BlocksSource:
         self.lines = _span(lines, int)
         self.font = _span(font, float)
         self.chars = _span(chars, int) if chars not in (None, "", "none") else None
-        self.boxes = _flag(boxes)
+        self.boxes = option_flag(boxes, "boxes")
         if self.font[1] > 0.6:
             raise ValueError(f"blocks: font {font!r} is a fraction of the image side; keep it under 0.6")
         zh_chars = int(zh_chars) if zh_chars not in (None, "", "none") else None

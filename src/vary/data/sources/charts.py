@@ -36,6 +36,7 @@ from PIL import Image
 
 from vary.data.fonts import find_fonts
 from vary.data.sample import Sample, SkipSample
+from vary.data.sources import option_flag
 from vary.data.text import TextCorpus
 from vary.prompts import CHART_ANSWER_PREFIX
 
@@ -578,7 +579,7 @@ class ChartSource:
             raise ValueError(f"charts: unknown or empty kinds/families {bad}; kinds {KINDS}, families {FAMILIES}")
         self.count, self.lang, self.size, self.attempts = int(count), lang, int(size), int(attempts)
         # simple: one series, 3-6 categories; font_scale: larger text, legible at a small model's input size
-        self.simple = simple if isinstance(simple, bool) else str(simple).lower() in ("1", "true", "yes")
+        self.simple = option_flag(simple, "simple")
         self.font_scale = float(font_scale)
         if not 0.5 <= self.font_scale <= 4:
             raise ValueError(f"charts: font_scale must be in [0.5, 4], got {font_scale!r}")
