@@ -247,13 +247,14 @@ def main() -> None:
             with torch.no_grad(), autocast:
                 tokens = torch.cat([model.encode_images(p) for p in held["pixel_values"].split(16)]).float()
                 token_logits = head(tokens).float()
+                cell_logits = cell_head(tokens).float()
                 recon = pixel_loss(tokens[:16], held["pixel_values"][:16]).item()
             logits, targets = token_logits.amax(1), held["characters"]
             # The head scores each image on its own, so the next image's logits are these, rolled.
             own, other = scores(logits, targets), scores(logits.roll(1, 0), targets)
             where = ""
             if cells:
-                full, empty = cell_accuracy(cell_head(tokens).float(), held["cells"])
+                full, empty = cell_accuracy(cell_logits, held["cells"])
                 where = f", cells read right {full:.3f} (empty ones {empty:.3f})"
             tqdm.write(
                 f"step {step}: held-out loss {F.binary_cross_entropy_with_logits(logits, targets):.4f}, "
