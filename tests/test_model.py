@@ -160,6 +160,29 @@ def test_frozen_vision_branches_stay_in_eval_mode_when_the_model_trains():
     assert not model.language_model.training
 
 
+def test_a_frozen_encoder_trunk_leaves_the_convs_training_and_runs_without_autograd(monkeypatch):
+    from vary.modeling import fast
+
+    torch.manual_seed(0)
+    model = VaryForCausalLM(tiny_config(image_size=128))
+    parts = model.part_parameters()
+    vision = {id(p) for p in parts["vision_vocab"]}
+    halves = [{id(p) for p in parts[name]} for name in ("vision_encoder", "vision_downsample")]
+    assert halves[0] | halves[1] == vision and not halves[0] & halves[1]
+    assert "vision_encoder" not in model.num_parameters_by_part()  # counted once, under vision_vocab
+    for p in parts["vision_encoder"]:
+        p.requires_grad_(False)
+    model.train().enable_fast_cpu_path()
+    assert not model.vision_vocab.encoder.training and model.vision_vocab.net_2.training
+    fast_encodes = []
+    encode = fast.sam_encoder_forward
+    monkeypatch.setattr(fast, "sam_encoder_forward", lambda *a: fast_encodes.append(1) or encode(*a))
+    model.encode_images(torch.randn(2, 3, 128, 128)).square().mean().backward()
+    assert fast_encodes == [1]  # the frozen trunk took the inference path although autograd is on
+    assert all(p.grad is None for p in model.vision_vocab.encoder.parameters())
+    assert model.vision_vocab.net_2.weight.grad.abs().sum() > 0 and model.vision_vocab.net_3.weight.grad is not None
+
+
 def test_sdpa_is_the_attention_of_every_branch(model):
     assert model.config._attn_implementation == "sdpa"
     assert model.language_model.config._attn_implementation == "sdpa"

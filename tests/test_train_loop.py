@@ -265,6 +265,19 @@ def test_lr_scale_gives_a_part_its_own_learning_rate_and_a_char_tokenizer(tmp_pa
         load_recipe(recipe, ["optim.lr_scale={eyes: 0.1}"])
 
 
+def test_freezing_the_vision_encoder_trains_the_downsampling_convs_only(tmp_path, shards):
+    recipe = write_recipe(tmp_path / "r.yaml", shards, tmp_path / "run", model={"freeze": ["vision_encoder"]},
+                          train={"max_steps": 2})  # fmt: skip
+    trainer = Trainer(load_recipe(recipe), progress=False)
+    trainer.setup()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    before = {k: v.detach().clone() for k, v in model.vision_vocab.named_parameters()}
+    trainer.train()
+    for name, param in model.vision_vocab.named_parameters():
+        changed = not torch.equal(param, before[name])
+        assert changed == name.startswith(("net_2.", "net_3.")), name
+
+
 # --- held-out evaluation during training ---------------------------------------------------------------------
 def test_heldout_batches_never_leave_a_sample_alone():
     assert [list(b) for b in _batches(5, 2)] == [[0, 1], [2, 3, 4]]

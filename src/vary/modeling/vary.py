@@ -154,7 +154,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         """As nn.Module.train, but a frozen vision branch stays in eval mode (as BLIP-2 keeps its frozen ViT):
         it is a fixed feature extractor, so no dropout, and on a CPU it can take the fast inference path."""
         super().train(mode)
-        for branch in (self.vision_vocab, self.clip):
+        for branch in (self.vision_vocab, self.vision_vocab.encoder, self.clip):  # the encoder: see part_parameters
             if branch is not None and not _trainable(branch):
                 branch.eval()
         return self
@@ -167,8 +167,16 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
 
     def part_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Parameters of each part this model has (the names recipes freeze and scale): vision_vocab,
-        projector_vary (with projector_norm), lm, and for Vary-base clip and projector_clip."""
-        parts = {"vision_vocab": [self.vision_vocab], "projector_vary": [self.projector_vary, self.projector_norm],
+        projector_vary (with projector_norm), lm, and for Vary-base clip and projector_clip.
+
+        vision_vocab also splits into vision_encoder (the SAM trunk and neck) and vision_downsample (net_2,
+        net_3), so a recipe can freeze the trunk and still train the convs that pack its output into tokens:
+        the trunk then runs without autograd (and on a CPU on the fast path), so a step costs little more.
+        """
+        vision = self.vision_vocab
+        parts = {"vision_vocab": [vision], "vision_encoder": [vision.encoder],
+                 "vision_downsample": [vision.net_2, vision.net_3],
+                 "projector_vary": [self.projector_vary, self.projector_norm],
                  "lm": [self.language_model], "clip": [self.clip], "projector_clip": [self.projector_clip]}  # fmt: skip
         return {
             name: [p for m in modules if m is not None for p in m.parameters()]
@@ -177,7 +185,12 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         }
 
     def num_parameters_by_part(self) -> dict[str, int]:
-        return {name: sum(p.numel() for p in params) for name, params in self.part_parameters().items()}
+        """Parameter count per part, without the two halves of vision_vocab (they would count it twice)."""
+        parts = self.part_parameters()
+        return {name: sum(p.numel() for p in parts[name]) for name in parts if name not in VISION_VOCAB_HALVES}
+
+
+VISION_VOCAB_HALVES = ("vision_encoder", "vision_downsample")
 
 
 def _trainable(module: nn.Module) -> bool:

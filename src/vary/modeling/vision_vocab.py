@@ -49,9 +49,11 @@ class VisionVocabulary(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # (N, 3, S, S) -> neck (N, 256, S/16, S/16) -> (N, c1, S/32, S/32) -> (N, c2, S/64, S/64)
-        if self.fast_cpu and fast.fast_path_supported(self, pixel_values):
-            x = fast.sam_encoder_forward(self.encoder, pixel_values)  # channels-last, same values
-        else:
-            x = self.encoder(pixel_values).last_hidden_state
+        trunk_trains = any(p.requires_grad for p in self.encoder.parameters())  # a recipe may train only the convs
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_trains):
+            if self.fast_cpu and fast.fast_path_supported(self.encoder, pixel_values):
+                x = fast.sam_encoder_forward(self.encoder, pixel_values)  # channels-last, same values
+            else:
+                x = self.encoder(pixel_values).last_hidden_state
         x = self.net_3(self.net_2(x))
         return x.flatten(2).transpose(1, 2)  # (N, (S/64)^2, c2): 256 x 1024 at full size

@@ -21,7 +21,7 @@ import yaml
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # configs/ beside src/ (editable install)
 SCHEDULERS = ("cosine", "linear", "constant")
-FREEZABLE = ("vision_vocab", "clip", "projector_vary", "projector_clip", "lm")
+FREEZABLE = ("vision_vocab", "vision_encoder", "vision_downsample", "clip", "projector_vary", "projector_clip", "lm")
 TOKENIZER_TYPES = ("bpe", "chars")  # what model.tokenizer_type may ask vary.train.init.train_tokenizer for
 
 
@@ -35,7 +35,9 @@ class ModelRecipe:
     config: dict[str, Any] = field(default_factory=dict)  # VaryConfig overrides; sub-config dicts merge
     tokenizer: str | None = None  # folder; default: init.checkpoint's or init.llm's, else one trained on the data
     tokenizer_type: str = "bpe"  # what to train on the data when there is no folder: "bpe" or "chars" (1 token/char)
-    freeze: list[str] = field(default_factory=list)  # parts: vision_vocab, clip, projector_vary, projector_clip, lm
+    freeze: list[str] = field(
+        default_factory=list
+    )  # parts: FREEZABLE (vision_vocab = vision_encoder + vision_downsample)
     gradient_checkpointing: bool = False
 
 
