@@ -14,7 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vary.config import VaryConfig
 from vary.modeling import fast
-from vary.modeling.vision_vocab import VisionVocabulary
+from vary.modeling.vision_vocab import VisionVocabulary, trainable
 
 
 class VaryForCausalLM(PreTrainedModel, GenerationMixin):
@@ -64,7 +64,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
     # --- vision ---------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, pixel_values_clip: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 3, S, S) [+ (N, 3, 224, 224)] -> (N, image_token_len, H) features in the LM's embedding space."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.vision_vocab)):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.vision_vocab)):
             vary_features = self.vision_vocab(pixel_values.to(self.projector_vary.weight.dtype))  # (N, 256, 1024)
         features = self.projector_vary(vary_features)
         if self.projector_norm is not None:
@@ -73,7 +73,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             return features
         if pixel_values_clip is None:
             raise ValueError("this Vary-base model has a CLIP branch: pass pixel_values_clip (224x224) too")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.clip)):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.clip)):
             clip_out = self.clip(pixel_values_clip.to(self.projector_clip.weight.dtype), output_hidden_states=True)
             clip_features = clip_out.hidden_states[self.config.vision_select_layer][:, 1:]  # drop CLS: (N, 256, 1024)
         return torch.cat([self.projector_clip(clip_features), features], dim=-1)  # CLIP first, as the official code
@@ -155,7 +155,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         it is a fixed feature extractor, so no dropout, and on a CPU it can take the fast inference path."""
         super().train(mode)
         for branch in (self.vision_vocab, self.vision_vocab.encoder, self.clip):  # the encoder: see part_parameters
-            if branch is not None and not _trainable(branch):
+            if branch is not None and not trainable(branch):
                 branch.eval()
         return self
 
@@ -191,7 +191,3 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
 
 
 VISION_VOCAB_HALVES = ("vision_encoder", "vision_downsample")
-
-
-def _trainable(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())

@@ -26,6 +26,11 @@ def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
     return out[None].float()
 
 
+def trainable(module: nn.Module) -> bool:
+    """Whether any parameter of `module` trains; a module that does not runs without autograd."""
+    return any(p.requires_grad for p in module.parameters())
+
+
 class VisionVocabulary(nn.Module):
     def __init__(self, config: SamVisionConfig, downsample_channels: tuple[int, int] | list[int]):
         super().__init__()
@@ -49,8 +54,7 @@ class VisionVocabulary(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # (N, 3, S, S) -> neck (N, 256, S/16, S/16) -> (N, c1, S/32, S/32) -> (N, c2, S/64, S/64)
-        trunk_trains = any(p.requires_grad for p in self.encoder.parameters())  # a recipe may train only the convs
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_trains):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.encoder)):  # may train convs only
             if self.fast_cpu and fast.fast_path_supported(self.encoder, pixel_values):
                 x = fast.sam_encoder_forward(self.encoder, pixel_values)  # channels-last, same values
             else:

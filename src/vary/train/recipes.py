@@ -35,9 +35,7 @@ class ModelRecipe:
     config: dict[str, Any] = field(default_factory=dict)  # VaryConfig overrides; sub-config dicts merge
     tokenizer: str | None = None  # folder; default: init.checkpoint's or init.llm's, else one trained on the data
     tokenizer_type: str = "bpe"  # what to train on the data when there is no folder: "bpe" or "chars" (1 token/char)
-    freeze: list[str] = field(
-        default_factory=list
-    )  # parts: FREEZABLE (vision_vocab = vision_encoder + vision_downsample)
+    freeze: list[str] = field(default_factory=list)  # FREEZABLE parts (vision_vocab = its two halves)
     gradient_checkpointing: bool = False
 
 
