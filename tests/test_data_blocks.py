@@ -103,3 +103,21 @@ def test_cli_boxes_option_records_boxes_and_preview_outlines_them(tmp_path):
 
     plain, outlined = red_pixels("false"), red_pixels("true")  # plain: the sheet's own red captions
     assert outlined > plain + 500, (plain, outlined)
+
+
+def test_blocks_words_come_as_one_line_of_several_words_at_every_size():
+    def big_lines(samples):  # lines of 2+ words in type of 65 px or more
+        return sum(len(s.target.split()) >= 2 and s.meta["font_px"] >= 65 for s in samples)
+
+    source = get_source("blocks", count=60, lang="en", size=384, words="2-3", font="0.12-0.22")
+    samples = [source.make(i, random.Random(i)) for i in range(60)]
+    for s in samples:
+        assert "\n" not in s.target and 1 <= len(s.target.split()) <= 3
+        assert 46 <= s.meta["font_px"] <= 84  # 0.12-0.22 of 384, shrunk only down to the smallest
+    assert sum(len(s.target.split()) >= 2 for s in samples) >= 55
+    plain = get_source("blocks", count=60, lang="en", size=384, lines="1-1", font="0.12-0.22")
+    assert big_lines(samples) >= 10 > big_lines([plain.make(i, random.Random(i)) for i in range(60)])
+    a, b = source.make(7, random.Random(3)), source.make(7, random.Random(3))
+    assert a.target == b.target and a.image.tobytes() == b.image.tobytes()
+    with pytest.raises(ValueError, match="English"):
+        get_source("blocks", count=1, lang="zh", words="2-3")

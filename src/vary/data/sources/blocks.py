@@ -9,6 +9,9 @@ Options (all `--option key=value`):
   lines      "1-8"        how many lines, uniform in the range (fewer when the font is too tall)
   font       "0.05-0.08"  body size as a fraction of `size` (0.05-0.08 of 512 px = 26-41 px)
   chars      none         e.g. "1-3": one line of that many characters instead (a reading curriculum's start)
+  words      none         English, e.g. "2-4": one line of that many words instead, at the drawn type size shrunk
+                          until they fit the width (words dropped from the end below the smallest `font`), so
+                          a line of several words comes at every size, not only in small type
   zh_chars   none         Chinese: write only with the N most frequent characters (see TextCorpus)
   font_style none         e.g. "sans" or "serif-bold" (see vary.data.fonts.find_fonts)
   boxes      false        true: also record meta["char_boxes"], one [left, top, right, bottom] in image pixels
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vary.data.fonts import draw_text, find_fonts, load_font
+from vary.data.fonts import draw_text, find_fonts, load_font, text_width
 from vary.data.sample import Sample
 from vary.data.sources import option_flag
 from vary.data.sources.pages import wrap_chars, wrap_words
@@ -56,6 +59,7 @@ class BlocksSource:
         font: str = "0.05-0.08",
         zh_chars: int | str | None = None,
         chars: str | None = None,
+        words: str | None = None,
         font_style: str | None = None,
         boxes: bool | str = False,
         corpus_dir: str | Path | None = None,
@@ -66,6 +70,9 @@ class BlocksSource:
         self.lines = _span(lines, int)
         self.font = _span(font, float)
         self.chars = _span(chars, int) if chars not in (None, "", "none") else None
+        self.words = _span(words, int) if words not in (None, "", "none") else None
+        if self.words and (lang != "en" or self.chars):
+            raise ValueError("blocks: words= is for English (words are split at spaces) and excludes chars=")
         self.boxes = option_flag(boxes, "boxes")
         if self.font[1] > 0.6:
             raise ValueError(f"blocks: font {font!r} is a fraction of the image side; keep it under 0.6")
@@ -97,6 +104,9 @@ class BlocksSource:
             start = rng.randrange(len(text))
             lines = [wrap(font, text[start : start + rng.randint(*self.chars)].strip() or text[0], width)[0]]
             n_lines = 1
+        if self.words is not None:
+            font, line = self._fitted_words(font_path, px, width, rng)
+            px, lines, n_lines = font.size, [line], 1
         while len(lines) < n_lines:  # a paragraph may wrap to fewer lines than asked: add another
             lines += wrap(font, self.corpus.paragraph(rng, rng.randint(1, 3)), width)
         lines = lines[:n_lines]
@@ -112,3 +122,21 @@ class BlocksSource:
         return Sample(
             key="", image=image, target="\n".join(lines), task="ocr", lang=self.lang, kind=self.name, meta=meta
         )
+
+    def _fitted_words(self, font_path: Path, px: int, width: float, rng: random.Random):
+        """(font, line): a run of `words` words from running text at the largest size <= px that fits `width`.
+
+        Big type fits few letters, so runs are tried at several places in the text first (the first that fits
+        wins), and the type shrinks only when none fits."""
+        text, n = self.corpus.paragraph(rng, 3).split(), rng.randint(*self.words)
+        font = load_font(font_path, px)
+        runs = [text[s : s + n] for s in (rng.randrange(max(1, len(text) - n + 1)) for _ in range(20))]
+        fitting = [run for run in runs if text_width(font, " ".join(run)) <= width]
+        words = fitting[0] if fitting else min(runs, key=lambda run: text_width(font, " ".join(run)))
+        smallest = max(8, round(self.size * self.font[0]))
+        while text_width(font, " ".join(words)) > width and px > smallest:
+            px = max(smallest, int(px * 0.95))
+            font = load_font(font_path, px)
+        while len(words) > 1 and text_width(font, " ".join(words)) > width:
+            words = words[:-1]
+        return font, wrap_words(font, " ".join(words), width)[0]  # cuts a single word wider than the line
