@@ -121,3 +121,25 @@ def test_blocks_words_come_as_one_line_of_several_words_at_every_size():
     assert a.target == b.target and a.image.tobytes() == b.image.tobytes()
     with pytest.raises(ValueError, match="English"):
         get_source("blocks", count=1, lang="zh", words="2-3")
+
+
+def test_blocks_placed_anywhere_keep_their_text_and_spread_over_the_image():
+    def ink_box(image):  # (left, top, right, bottom) of the ink
+        a = np.asarray(image.convert("L")).astype(int)
+        ys, xs = np.nonzero(a < np.median(a) - 60)
+        return xs.min(), ys.min(), xs.max(), ys.max()
+
+    kwargs = {"count": 40, "lang": "en", "size": 384, "lines": "1-3", "font": "0.08-0.15"}
+    margin, anywhere = get_source("blocks", **kwargs), get_source("blocks", place="anywhere", **kwargs)
+    boxes = []
+    for i in range(40):
+        a, b = margin.make(i, random.Random(i)), anywhere.make(i, random.Random(i))
+        assert a.target == b.target and a.meta == b.meta  # the placement is drawn after the text
+        assert _ink_bands(b.image) == b.meta["lines"]
+        boxes.append(ink_box(b.image))
+    lefts, tops, rights, bottoms = np.array(boxes).T
+    assert rights.max() < 384 and bottoms.max() < 384 and lefts.min() >= 0 and tops.min() >= 0
+    assert lefts.max() > 150 and tops.max() > 150  # far from the 3-8% margin the default keeps
+    assert lefts.std() > 30 and tops.std() > 30
+    with pytest.raises(ValueError, match="place"):
+        get_source("blocks", count=1, place="middle")
