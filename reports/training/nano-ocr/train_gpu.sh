@@ -32,9 +32,12 @@ D=data/nano-ocr
 PIDS=()
 gen() { vary data generate "$@" --size 384 --quiet & PIDS+=($!); }  # in parallel; each checked below
 blocks() { gen blocks -o boxes=true "$@"; }  # glyph boxes too, for the warm-up's --cell-weight
-blocks --lang en --count $((30000 / DIV)) --seed 103 --workers 1 --out $D/words-en -o lines=1-1 -o font=0.12-0.22
-blocks --lang zh --count $((15000 / DIV)) --seed 103 --workers 1 --out $D/words-zh -o lines=1-1 -o font=0.12-0.22 -o zh_chars=1000
-blocks --lang en --count $((20000 / DIV)) --seed 102 --workers 1 --out $D/blocks-en-line -o lines=1-1 -o font=0.07-0.12
+# place=anywhere: words at the top-left margin only teach a model to read there and nowhere else (the report's
+# "Reading only where the text always was")
+blocks --lang en --count $((30000 / DIV)) --seed 103 --workers 1 --out $D/words-en -o lines=1-1 -o font=0.12-0.22 -o place=anywhere
+blocks --lang en --count $((30000 / DIV)) --seed 104 --workers 1 --out $D/lines-en -o words=2-4 -o font=0.12-0.22 -o place=anywhere
+blocks --lang zh --count $((15000 / DIV)) --seed 103 --workers 1 --out $D/words-zh -o lines=1-1 -o font=0.12-0.22 -o zh_chars=1000 -o place=anywhere
+blocks --lang en --count $((20000 / DIV)) --seed 102 --workers 1 --out $D/blocks-en-line -o lines=1-1 -o font=0.07-0.12 -o place=anywhere
 blocks --lang zh --count $((8000 / DIV)) --seed 102 --workers 1 --out $D/blocks-zh-line -o lines=1-2 -o font=0.07-0.12 -o zh_chars=1000
 blocks --lang en --count $((20000 / DIV)) --seed 101 --workers 1 --out $D/blocks-en-short -o lines=1-2
 blocks --lang en --count $((60000 / DIV)) --seed 100 --workers 3 --out $D/blocks-en
@@ -49,7 +52,7 @@ for pid in "${PIDS[@]}"; do wait "$pid"; done  # set -e: a failed generator stop
 echo "data: $(($(date +%s) - START)) s"
 
 python3 reports/training/nano-ocr/vision_warmup.py --out runs/vision-warmup --heldout $H/words-en \
-  --data $D/words-en --data $D/blocks-en-line --data $D/blocks-en --data $D/words-zh --data $D/blocks-zh \
+  --data $D/words-en --data $D/lines-en --data $D/blocks-en-line --data $D/blocks-en --data $D/words-zh --data $D/blocks-zh \
   --steps $WARM_STEPS --lr 3e-4 --pixel-weight 1 --cell-weight $CELL_WEIGHT --batch-size $BATCH --workers $WORKERS \
   --eval-every 500
 echo "warm-up: $(($(date +%s) - START)) s"
