@@ -46,6 +46,8 @@ def main() -> None:
     cell = config.image_size // grid
     images = [np.asarray(s.image.convert("L").resize((config.image_size,) * 2)) for s in iter_shards(args.data)]
     images = images[: args.samples]
+    if not images:
+        raise SystemExit(f"no samples in {args.data}")
     # Which token cells hold ink: (N, grid, grid)
     ink = np.stack([(a < np.median(a) - 60).reshape(grid, cell, grid, cell).any(axis=(1, 3)) for a in images])
 
