@@ -347,14 +347,29 @@ def encode_conversation(
 
 
 class VaryTrainDataset(Dataset):
-    """Map-style dataset indexed by (source, record, position) triples from MixtureSampler."""
+    """Map-style dataset indexed by (source, record, position) triples from MixtureSampler.
+
+    With `features` (one `vary train features` file per source) a sample carries its precomputed vision
+    features instead of the high-resolution image tensor (the CLIP branch, if any, still gets its image).
+    """
 
     def __init__(self, sources: list, processor: VaryProcessor, max_length: int, augment: Augment | None = None,
-                 seed: int = 0):  # fmt: skip
+                 seed: int = 0, features: list[Path] | None = None):  # fmt: skip
+        if features is not None and (augment is not None or len(features) != len(sources)):
+            raise ValueError("vision features need one file per source and no augmentation")
         self.sources, self.processor, self.max_length = sources, processor, max_length
         self.augment, self.seed = augment, seed
         self.template = get_template(processor.config.template)
         self.with_clip = processor.config.clip_config is not None
+        self.feature_files, self._features = features, None
+
+    def __getstate__(self) -> dict:  # worker processes map the files themselves (a pickled memmap is a copy)
+        return {**self.__dict__, "_features": None}
+
+    def features(self, source: int, record: int) -> torch.Tensor:
+        if self._features is None:
+            self._features = [np.load(f, mmap_mode="r") for f in self.feature_files]
+        return torch.from_numpy(self._features[source][record].astype(np.float32))  # (T, C)
 
     def __getitem__(self, ref: tuple[int, int, int]) -> dict | SkippedSample:
         source, record, position = ref
@@ -370,8 +385,11 @@ class VaryTrainDataset(Dataset):
                 self.processor.config.image_token_len,
                 self.max_length,
             )
-            example = {"input_ids": ids, "labels": labels, "truncated": truncated,
-                       "pixel_values": self.processor.image_tensor(image)}  # fmt: skip
+            example = {"input_ids": ids, "labels": labels, "truncated": truncated}
+            if self.feature_files is None:
+                example["pixel_values"] = self.processor.image_tensor(image)
+            else:
+                example["vision_features"] = self.features(source, record)
             if self.with_clip:
                 example["pixel_values_clip"] = self.processor.clip_tensor(image)
         except SkippedSample as skip:
@@ -391,7 +409,10 @@ class VaryTrainDataset(Dataset):
         )
         size, example = self.processor.config.image_size, {}
         example["input_ids"], example["labels"], example["truncated"] = ids, [IGNORE_INDEX] * len(labels), False
-        example["pixel_values"] = torch.zeros(3, size, size)
+        if self.feature_files is None:
+            example["pixel_values"] = torch.zeros(3, size, size)
+        else:
+            example["vision_features"] = torch.zeros_like(self.features(0, 0))
         if self.with_clip:
             clip = self.processor.config.clip_image_size
             example["pixel_values_clip"] = torch.zeros(3, clip, clip)
@@ -424,10 +445,10 @@ class Collator:
             input_ids[i, :n] = torch.tensor(x["input_ids"])
             labels[i, :n] = torch.tensor(x["labels"])
             attention_mask[i, :n] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "pixel_values": torch.stack([x["pixel_values"] for x in examples])}  # fmt: skip
-        if "pixel_values_clip" in examples[0]:
-            batch["pixel_values_clip"] = torch.stack([x["pixel_values_clip"] for x in examples])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        for image_key in ("pixel_values", "vision_features", "pixel_values_clip"):
+            if image_key in examples[0]:
+                batch[image_key] = torch.stack([x[image_key] for x in examples])
         batch["stats"] = {"samples": num_samples, "truncated": sum(x["truncated"] for x in examples),
                           "skipped": dict(skipped), "skip_notes": notes[:5]}  # fmt: skip
         return batch

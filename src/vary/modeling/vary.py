@@ -62,10 +62,18 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(value)
 
     # --- vision ---------------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor, pixel_values_clip: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, 3, S, S) [+ (N, 3, 224, 224)] -> (N, image_token_len, H) features in the LM's embedding space."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.vision_vocab)):
-            vary_features = self.vision_vocab(pixel_values.to(self.projector_vary.weight.dtype))  # (N, 256, 1024)
+    def encode_images(self, pixel_values: torch.Tensor | None, pixel_values_clip: torch.Tensor | None = None,
+                      vision_features: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """(N, 3, S, S) [+ (N, 3, 224, 224)] -> (N, image_token_len, H) features in the LM's embedding space.
+
+        `vision_features` (N, 256, 1024), the vision vocabulary's outputs computed ahead by `vary train
+        features`, stand in for running it on `pixel_values` (only right while it is frozen).
+        """
+        if vision_features is not None:
+            vary_features = vision_features.to(self.projector_vary.weight.dtype)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.vision_vocab)):
+                vary_features = self.vision_vocab(pixel_values.to(self.projector_vary.weight.dtype))  # (N, 256, 1024)
         features = self.projector_vary(vary_features)
         if self.projector_norm is not None:
             features = self.projector_norm(features)
@@ -103,6 +111,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         pixel_values_clip: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
@@ -111,13 +120,14 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """`labels` use -100 for positions without loss (prompt, image, padding); the LM shifts them."""
+        """`labels` use -100 for positions without loss (prompt, image, padding); the LM shifts them.
+        `vision_features`: see encode_images."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (or inputs_embeds)")
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
-            if pixel_values is not None:
-                image_features = self.encode_images(pixel_values, pixel_values_clip)
+            if pixel_values is not None or vision_features is not None:
+                image_features = self.encode_images(pixel_values, pixel_values_clip, vision_features)
                 inputs_embeds = self.splice_image_features(input_ids, inputs_embeds, image_features)
         return self.language_model(
             inputs_embeds=inputs_embeds,

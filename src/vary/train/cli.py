@@ -1,4 +1,4 @@
-"""`vary train run|show|plot`: thin wrappers over vary.train.trainer / recipes / plot.
+"""`vary train run|show|plot|features`: thin wrappers over vary.train.trainer / recipes / plot / features.
 
 vary train run nano --data data/pages train.max_steps=500 optim.lr=3e-4
 torchrun --nproc_per_node 2 -m vary train run nano --data data/pages        # 2 CPU processes (gloo)
@@ -95,4 +95,29 @@ def plot_cmd(
     try:
         typer.echo(f"wrote {plot_run(run_dir, out)}")
     except FileNotFoundError as err:
+        _fail(err)
+
+
+@train_app.command("features")
+def features_cmd(
+    model: Path = typer.Option(..., "--model", help="a model folder whose (frozen) vision vocabulary the run uses"),
+    data: list[str] = typer.Option(..., "--data", help="shard folder or LLaVA JSON; repeatable"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    dtype: str = typer.Option("float16", "--dtype", help="storage type: float16 (half the disk) or float32"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1"),
+    workers: int = typer.Option(1, "--workers", min=0, help="image-decoding processes"),
+) -> None:  # fmt: skip
+    """Precompute the vision vocabulary's outputs for `data.vision_features: true` (resumable)."""
+    from vary.data.dataset import DataError
+    from vary.modeling.loading import load_model
+    from vary.modeling.official import CheckpointError
+    from vary.train.features import compute_features
+
+    try:
+        vision = load_model(model).to(device)
+        vision.enable_fast_cpu_path(device == "cpu")
+        for source in data:
+            folder = compute_features(vision, source, batch_size=batch_size, dtype=dtype, workers=workers)
+            typer.echo(f"wrote {folder}")
+    except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
         _fail(err)

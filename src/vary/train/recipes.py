@@ -67,6 +67,7 @@ class DataRecipe:
     tokenizer_corpus: int = 20000  # samples whose texts train the BPE when no tokenizer folder is given
     eval_sources: list[SourceRecipe] = field(default_factory=list)  # held-out shard folders scored during training
     eval_samples: int = 64  # the first N samples of each eval source
+    vision_features: bool = False  # read the frozen vision vocabulary's outputs (`vary train features`), not images
 
 
 @dataclass
@@ -164,6 +165,11 @@ def validate(recipe: Recipe) -> None:
         (t.eval_every >= 1 and recipe.data.eval_samples >= 1, "train.eval_every and data.eval_samples must be >= 1"),
         (recipe.data.max_length >= 8, f"data.max_length must be >= 8, got {recipe.data.max_length}"),
         (all(s.weight > 0 for s in recipe.data.sources), "data.sources[*].weight must be > 0"),
+        (not recipe.data.vision_features or not recipe.data.augment,
+         "data.vision_features needs data.augment: false (augmented images would change the features)"),
+        (not recipe.data.vision_features or "vision_vocab" in recipe.model.freeze
+         or {"vision_encoder", "vision_downsample"} <= set(recipe.model.freeze),
+         "data.vision_features needs model.freeze to hold vision_vocab: the features are its frozen outputs"),
         (recipe.model.tokenizer_type in TOKENIZER_TYPES,
          f"model.tokenizer_type must be {' or '.join(TOKENIZER_TYPES)}, got {recipe.model.tokenizer_type!r}"),
     ]  # fmt: skip
