@@ -62,7 +62,7 @@ def test_features_are_the_encoders_outputs_and_an_interrupted_run_resumes(tiny_m
     np.testing.assert_array_equal(np.load(out / FEATURES_FILE), features)
     assert json.loads((out / META_FILE).read_text())["unreadable"] == [3]
 
-    # float16 (the default) stores the same numbers to half precision, in a file of its own
+    # float16 (the default) stores the same numbers to half precision (replacing the float32 file)
     half = compute_features(model, folder, batch_size=4, workers=1, progress=False)
     np.testing.assert_allclose(np.load(half / FEATURES_FILE).astype(np.float32), features, rtol=2e-3, atol=2e-3)
 

@@ -127,7 +127,9 @@ def compute_features(model: VaryForCausalLM, source_path: str | Path, batch_size
     channels = model.projector_vary.in_features
     meta = _read_meta(folder)
     fresh = meta is None or (meta["count"], meta["keys"], meta["dtype"]) != (n, keys, dtype)
-    if fresh:  # a new file (or one for other samples: replaced)
+    if fresh:  # a new file, or one for other samples or another dtype: replaced (it is derived data)
+        if meta is not None and progress:
+            tqdm.write(f"{folder}: replacing features made for {meta['count']} samples as {meta['dtype']}")
         meta = {"fingerprint": fingerprint, "count": n, "keys": keys, "dtype": dtype, "done": 0, "unreadable": [],
                 "shape": [n, c.image_token_len, channels]}  # fmt: skip
         np.lib.format.open_memmap(folder / FEATURES_FILE, "w+", DTYPES[dtype], (n, c.image_token_len, channels)).flush()
