@@ -1,7 +1,7 @@
 """The frozen vision vocabulary's outputs, computed once per data source, so training can skip the encoder.
 
 With the vision vocabulary frozen and augmentation off, its output for a sample never changes, yet it is most
-of a small model's training step on a CPU (benchmarks/train_features.py). `vary train features` writes those
+of a small model's training step on a CPU (benchmarks/bench_train.py). `vary train features` writes those
 outputs next to the data; a recipe with `data.vision_features: true` reads them instead of running the encoder.
 
     <source folder>/vision-features/<fingerprint>/features.npy   (N, image tokens, channels), float16 by default
