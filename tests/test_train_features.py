@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from test_train_data import write_shards
-from test_train_loop import losses, write_recipe
+from test_train_loop import losses, one_thread, write_recipe  # noqa: F401 - one_thread: its autouse fixture
 from vary.cli import app
 from vary.data.dataset import DataError, ShardSource, VaryTrainDataset
 from vary.modeling.loading import load_model
@@ -20,14 +20,6 @@ from vary.modeling.processor import VaryProcessor
 from vary.train.features import FEATURES_FILE, META_FILE, compute_features, features_path, vision_fingerprint
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import Trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
@@ -67,7 +59,7 @@ def test_features_are_the_encoders_outputs_and_an_interrupted_run_resumes(tiny_m
     np.testing.assert_allclose(np.load(half / FEATURES_FILE).astype(np.float32), features, rtol=2e-3, atol=2e-3)
 
 
-def test_features_are_found_only_for_their_encoder_and_samples(tiny_model_dir, folder, tmp_path):
+def test_features_are_found_only_for_their_encoder_and_samples(tiny_model_dir, folder):
     model = load_model(tiny_model_dir)
     fingerprint = vision_fingerprint(model)
     source = ShardSource(folder, progress=False)
@@ -88,6 +80,11 @@ def test_features_are_found_only_for_their_encoder_and_samples(tiny_model_dir, f
     with pytest.raises(DataError, match="unfinished .4 of 10"):
         features_path(folder, source, fingerprint)
     (out / META_FILE).write_text(json.dumps(meta))
+    data = (out / FEATURES_FILE).read_bytes()
+    (out / FEATURES_FILE).write_bytes(data[:64])  # a damaged file: a clear error, not numpy's inside a worker
+    with pytest.raises(DataError, match="unreadable"):
+        features_path(folder, source, fingerprint)
+    (out / FEATURES_FILE).write_bytes(data)
     write_shards(folder, count=4, per_shard=4, start=100)  # the folder gained a shard since
     with pytest.raises(DataError, match="other samples"):
         features_path(folder, ShardSource(folder, progress=False), fingerprint)

@@ -84,6 +84,12 @@ def features_path(source_path: str | Path, source: ShardSource | JsonSource, fin
         )
     if meta["count"] != len(source) or meta["keys"] != _keys_hash(source):
         raise DataError(f"{folder}: made for other samples than {source_path} holds now (it changed?); {make}")
+    try:  # reads the header only: a damaged file fails here, not later inside a DataLoader worker
+        shape = np.load(folder / FEATURES_FILE, mmap_mode="r").shape
+    except (OSError, ValueError) as err:
+        raise DataError(f"{folder / FEATURES_FILE}: unreadable ({err}); delete the folder and {make}") from err
+    if list(shape) != meta["shape"]:
+        raise DataError(f"{folder / FEATURES_FILE}: shape {list(shape)}, meta.json says {meta['shape']}; {make}")
     return folder / FEATURES_FILE
 
 
