@@ -138,7 +138,7 @@ def compute_features(model: VaryForCausalLM, source_path: str | Path, batch_size
             tqdm.write(f"{folder}: replacing features made for {meta['count']} samples as {meta['dtype']}")
         meta = {"fingerprint": fingerprint, "count": n, "keys": keys, "dtype": dtype, "done": 0, "unreadable": [],
                 "shape": [n, c.image_token_len, channels]}  # fmt: skip
-        np.lib.format.open_memmap(folder / FEATURES_FILE, "w+", DTYPES[dtype], (n, c.image_token_len, channels)).flush()
+        np.lib.format.open_memmap(folder / FEATURES_FILE, "w+", DTYPES[dtype], tuple(meta["shape"])).flush()
         _write_meta(folder, meta)
     out = np.load(folder / FEATURES_FILE, mmap_mode="r+")
     limit = float(np.finfo(DTYPES[dtype]).max)
