@@ -46,3 +46,13 @@ def make_tiny_model_dir(folder: Path, seed: int = 0, **overrides) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny Vary-tiny (our format) with its own BPE tokenizer."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vary"))
+
+
+@pytest.fixture()
+def one_thread():
+    """Toy models are too small to split over threads; on a busy 2-core machine two OpenMP threads wait on
+    each other for seconds per step. Training-test modules use it for every test (their `pytestmark`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

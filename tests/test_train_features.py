@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from test_train_data import write_shards
-from test_train_loop import losses, one_thread, write_recipe  # noqa: F401 - one_thread: its autouse fixture
+from test_train_loop import losses, write_recipe
 from vary.cli import app
 from vary.data.dataset import DataError, ShardSource, VaryTrainDataset
 from vary.modeling.loading import load_model
@@ -20,6 +20,8 @@ from vary.modeling.processor import VaryProcessor
 from vary.train.features import FEATURES_FILE, META_FILE, compute_features, features_path, vision_fingerprint
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
@@ -50,6 +52,12 @@ def test_features_are_the_encoders_outputs_and_an_interrupted_run_resumes(tiny_m
     mm[8:] = 0
     mm.flush()
     (out / META_FILE).write_text(json.dumps({**meta, "done": 8}))
+    compute_features(model, folder, batch_size=4, dtype="float32", workers=0, progress=False)
+    np.testing.assert_array_equal(np.load(out / FEATURES_FILE), features)
+    assert json.loads((out / META_FILE).read_text())["unreadable"] == [3]
+
+    # A damaged file beside a valid meta.json (a full disk, a bad copy) is made again, not resumed into
+    (out / FEATURES_FILE).write_bytes((out / FEATURES_FILE).read_bytes()[:64])
     compute_features(model, folder, batch_size=4, dtype="float32", workers=0, progress=False)
     np.testing.assert_array_equal(np.load(out / FEATURES_FILE), features)
     assert json.loads((out / META_FILE).read_text())["unreadable"] == [3]

@@ -32,22 +32,14 @@ from vary.train.plot import plot_run
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import OutOfMemory, Trainer, read_log
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # subprocesses get OMP_NUM_THREADS=1 (run_cli)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("data") / "pages", count=48, per_shard=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Toy models are too small to split over threads; on a busy 2-core machine two OpenMP threads wait on
-    each other for seconds per step. Subprocesses get OMP_NUM_THREADS=1 (see run_cli)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_recipe(path: Path, data_dir: Path, out: Path, base: bool = False, **sections) -> Path:

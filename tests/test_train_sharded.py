@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from test_train_data import write_shards
-from test_train_loop import REPO, free_port, losses, one_thread, run_cli, write_recipe  # noqa: F401 (fixture)
+from test_train_loop import REPO, free_port, losses, run_cli, write_recipe
 from vary.modeling.vary import VaryForCausalLM
 from vary.train.recipes import load_recipe
 from vary.train.trainer import Trainer, read_log
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ZERO2 = REPO / "configs" / "accelerate" / "deepspeed-zero2.yaml"
 

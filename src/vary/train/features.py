@@ -71,6 +71,14 @@ def _write_meta(folder: Path, meta: dict) -> None:
     os.replace(tmp, folder / META_FILE)  # atomic: a killed run leaves the previous count, never half a file
 
 
+def _file_shape(folder: Path) -> list[int] | str:
+    """The features file's shape from its header alone, or why it cannot be read (damaged, missing)."""
+    try:
+        return list(np.load(folder / FEATURES_FILE, mmap_mode="r").shape)
+    except (OSError, ValueError) as err:
+        return str(err)
+
+
 def features_path(source_path: str | Path, source: ShardSource | JsonSource, fingerprint: str) -> Path:
     """The finished features file of this source for this vision vocabulary; DataError says how to make it."""
     folder = features_dir(source_path, fingerprint)
@@ -84,12 +92,11 @@ def features_path(source_path: str | Path, source: ShardSource | JsonSource, fin
         )
     if meta["count"] != len(source) or meta["keys"] != _keys_hash(source):
         raise DataError(f"{folder}: made for other samples than {source_path} holds now (it changed?); {make}")
-    try:  # reads the header only: a damaged file fails here, not later inside a DataLoader worker
-        shape = np.load(folder / FEATURES_FILE, mmap_mode="r").shape
-    except (OSError, ValueError) as err:
-        raise DataError(f"{folder / FEATURES_FILE}: unreadable ({err}); delete the folder and {make}") from err
-    if list(shape) != meta["shape"]:
-        raise DataError(f"{folder / FEATURES_FILE}: shape {list(shape)}, meta.json says {meta['shape']}; {make}")
+    shape = _file_shape(folder)  # checked here, not later inside a DataLoader worker
+    if isinstance(shape, str):
+        raise DataError(f"{folder / FEATURES_FILE}: unreadable ({shape}); {make}")
+    if shape != meta["shape"]:
+        raise DataError(f"{folder / FEATURES_FILE}: shape {shape}, meta.json says {meta['shape']}; {make}")
     return folder / FEATURES_FILE
 
 
@@ -132,12 +139,16 @@ def compute_features(model: VaryForCausalLM, source_path: str | Path, batch_size
     c, n = model.config, len(source)
     channels = model.projector_vary.in_features
     meta = _read_meta(folder)
-    fresh = meta is None or (meta["count"], meta["keys"], meta["dtype"]) != (n, keys, dtype)
-    if fresh:  # a new file, or one for other samples or another dtype: replaced (it is derived data)
-        if meta is not None and progress:
+    shape = [n, c.image_token_len, channels]
+    stale = meta is not None and (meta["count"], meta["keys"], meta["dtype"]) != (n, keys, dtype)
+    damaged = meta is not None and not stale and _file_shape(folder) != shape
+    if meta is None or stale or damaged:  # replaced: it is derived data, and rows are only trusted with their meta
+        if progress and stale:
             tqdm.write(f"{folder}: replacing features made for {meta['count']} samples as {meta['dtype']}")
+        if progress and damaged:
+            tqdm.write(f"{folder / FEATURES_FILE}: damaged or missing, starting it again")
         meta = {"fingerprint": fingerprint, "count": n, "keys": keys, "dtype": dtype, "done": 0, "unreadable": [],
-                "shape": [n, c.image_token_len, channels]}  # fmt: skip
+                "shape": shape}  # fmt: skip
         np.lib.format.open_memmap(folder / FEATURES_FILE, "w+", DTYPES[dtype], tuple(meta["shape"])).flush()
         _write_meta(folder, meta)
     out = np.load(folder / FEATURES_FILE, mmap_mode="r+")
