@@ -149,7 +149,7 @@ def compute_features(model: VaryForCausalLM, source_path: str | Path, batch_size
             tqdm.write(f"{folder / FEATURES_FILE}: damaged or missing, starting it again")
         meta = {"fingerprint": fingerprint, "count": n, "keys": keys, "dtype": dtype, "done": 0, "unreadable": [],
                 "shape": shape}  # fmt: skip
-        np.lib.format.open_memmap(folder / FEATURES_FILE, "w+", DTYPES[dtype], tuple(meta["shape"])).flush()
+        np.lib.format.open_memmap(folder / FEATURES_FILE, "w+", DTYPES[dtype], tuple(shape)).flush()
         _write_meta(folder, meta)
     out = np.load(folder / FEATURES_FILE, mmap_mode="r+")
     limit = float(np.finfo(DTYPES[dtype]).max)
