@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -143,3 +144,26 @@ def test_blocks_placed_anywhere_keep_their_text_and_spread_over_the_image():
     assert lefts.std() > 30 and tops.std() > 30
     with pytest.raises(ValueError, match="place"):
         get_source("blocks", count=1, place="middle")
+
+
+def test_cli_warns_when_some_font_families_are_missing(tmp_path, monkeypatch):
+    """Without the Liberation fonts the samples silently came from DejaVu alone (seen on a fresh machine)."""
+    from typer.testing import CliRunner
+
+    from vary.cli import app
+    from vary.data import fonts
+
+    dejavu_only = tuple(p for p in fonts._installed() if p.name.startswith("DejaVu"))
+    assert dejavu_only and fonts.missing_families("en") == []  # the test machine has every family
+    monkeypatch.setattr(fonts, "_installed", lambda: dejavu_only)
+    assert fonts.missing_families("en") == ["LiberationSans", "LiberationSerif", "LiberationMono"]
+    args = ["data", "generate", "blocks", "--count", "2", "--size", "128", "--workers", "1", "--quiet"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "en")])
+    assert result.exit_code == 0, result.output
+    assert "warning: en fonts LiberationSans, LiberationSerif, LiberationMono are not installed" in result.output
+    manifest = json.loads((tmp_path / "en" / "manifest.json").read_text())
+    assert all(f.startswith("DejaVu") for f in manifest["series"]["blocks-en"]["source"]["fonts"])
+    # No family at all stays an error, not a warning.
+    monkeypatch.setattr(fonts, "_installed", lambda: ())
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "none")])
+    assert result.exit_code != 0 and "warning" not in result.output and "setup.sh" in result.output

@@ -21,6 +21,27 @@ def _parse_options(options: list[str]) -> dict[str, str]:
     return parsed
 
 
+# The kinds whose renderers draw with vary.data.fonts (latex uses TeX's fonts; pdf and natural draw no text).
+_FONT_KINDS = ("pages", "blocks", "tables", "charts")
+
+
+def _warn_missing_fonts(kind: str, lang: str) -> None:
+    """Say when some, not all, of a language's font families are missing (none at all is an error later)."""
+    from vary.data.fonts import FAMILIES, missing_families
+
+    if kind not in _FONT_KINDS:
+        return
+    for code in ("en", "zh") if lang == "mix" else (lang,):
+        missing = missing_families(code) if code in FAMILIES else []
+        if missing and len(missing) < len(FAMILIES[code]):
+            typer.echo(
+                f"warning: {code} fonts {', '.join(missing)} are not installed: the samples use the other "
+                "families only, so this seed gives other data than on a machine with all of them "
+                "(`bash scripts/setup.sh` installs them)",
+                err=True,
+            )
+
+
 @app.command("generate")
 def generate_command(
     kind: str = typer.Argument(..., help="pdf, pages, blocks, tables, charts, latex or natural"),
@@ -39,6 +60,7 @@ def generate_command(
     """Generate shards. Rerunning with the same arguments completes only the missing shards."""
     from vary.data.engine import DataEngineError, GenerateConfig, generate, parse_shard_range
 
+    _warn_missing_fonts(kind, lang)
     try:
         cfg = GenerateConfig(
             kind=kind,

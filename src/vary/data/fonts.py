@@ -16,7 +16,7 @@ FONT_ROOTS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path.hom
 
 # File-name prefixes per language. Noto CJK ships .ttc collections; Latin glyphs are included, so
 # Chinese pages with English words or digits render with one font.
-_FAMILIES = {
+FAMILIES = {
     "en": ("DejaVuSans", "DejaVuSerif", "LiberationSans", "LiberationSerif", "LiberationMono"),
     "zh": ("NotoSansCJK", "NotoSerifCJK"),
 }
@@ -52,8 +52,8 @@ def find_fonts(lang: str, style: str | None = None) -> list[Path]:
 
     style: None (all faces) or "-"-joined tokens from regular, bold, italic, serif, sans, mono.
     """
-    if lang not in _FAMILIES:
-        raise ValueError(f"find_fonts: lang must be one of {sorted(_FAMILIES)}, got {lang!r}")
+    if lang not in FAMILIES:
+        raise ValueError(f"find_fonts: lang must be one of {sorted(FAMILIES)}, got {lang!r}")
     tokens = [t for t in (style or "").lower().split("-") if t]
     unknown = [t for t in tokens if t not in _STYLES]
     if unknown:
@@ -61,17 +61,24 @@ def find_fonts(lang: str, style: str | None = None) -> list[Path]:
     fonts = []
     for path in _installed():
         stem = path.stem
-        if not stem.startswith(_FAMILIES[lang]) or any(x in stem for x in _EXCLUDE):
+        if not stem.startswith(FAMILIES[lang]) or any(x in stem for x in _EXCLUDE):
             continue
         if all(_STYLES[t](stem) for t in tokens):
             fonts.append(path)
     if not fonts:
         raise FontNotFoundError(
             f"no {lang!r} fonts{f' of style {style!r}' if style else ''} found under "
-            f"{', '.join(str(r) for r in FONT_ROOTS)} (looked for {', '.join(_FAMILIES[lang])}). "
+            f"{', '.join(str(r) for r in FONT_ROOTS)} (looked for {', '.join(FAMILIES[lang])}). "
             "Run `bash scripts/setup.sh` to install fonts-dejavu-core, fonts-liberation and fonts-noto-cjk."
         )
     return fonts
+
+
+def missing_families(lang: str) -> list[str]:
+    """The font families of `lang` with no installed file. Samples then use the other families only, so a
+    seed no longer gives the data it gives on a machine with all of them."""
+    installed = [path.stem for path in _installed()]
+    return [family for family in FAMILIES[lang] if not any(stem.startswith(family) for stem in installed)]
 
 
 @functools.cache
