@@ -46,11 +46,14 @@ def load(
 
 
 def convert(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> Path:
-    """Write an official checkpoint in our format (safetensors + config + its tokenizer files)."""
+    """Write a checkpoint in our format (safetensors + config + its tokenizer files) at `dtype`: an official
+    one, converted (`overrides` set its preprocessing), or one of ours, e.g. halved to float16 for shipping."""
     src, dst = Path(src), Path(dst)
-    if official_family(read_config(src)) is None:
-        raise CheckpointError(f"{src}: not an official Vary checkpoint; nothing to convert")
-    model = load_official(src, dtype=dtype, **overrides)
+    if dst.resolve() == src.resolve():
+        raise CheckpointError(f"{dst}: the output folder must not be the input folder")
+    if official_family(read_config(src)) is None and overrides:
+        raise CheckpointError(f"{src}: our checkpoints carry their own preprocessing; only official ones take it")
+    model = load_model(src, dtype=dtype, **overrides)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
     for name in TOKENIZER_FILES:
