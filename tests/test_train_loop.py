@@ -88,7 +88,12 @@ def test_two_cpu_processes_give_the_losses_of_one(tmp_path, shards):
     assert state["samples"] == 32 and len(list(run.glob("random_states_*.pkl"))) == 2  # one RNG state per process
     one = VaryForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
     two = VaryForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
-    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)  # same updates, not just losses
+    # Same updates, not just losses. Except the attention key biases: a key bias adds the same q.b to every logit
+    # of a softmax row, so its true gradient is 0 and what it gets is rounding noise, which AdamW turns into
+    # lr-sized steps of either sign (seen differing by 1e-6 on one CPU, equal on another).
+    compared = [k for k in one if not k.endswith("k_proj.bias")]
+    assert len(one) - len(compared) == sum(k.endswith("q_proj.bias") for k in one) > 0  # one per decoder layer
+    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in compared)
 
 
 KILLER = """
