@@ -18,15 +18,8 @@ FINE_STEPS=${FINE_STEPS:-8000}    # stage 2
 BATCH=${BATCH:-64}
 WORKERS=${WORKERS:-4}             # DataLoader workers
 CELL_WEIGHT=${CELL_WEIGHT:-0}     # >0: the warm-up also names each cell's characters (untested at this scale)
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 START=$(date +%s)
-
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/.devcarry/py:$PWD/src
-fi
-if [ -d .devcarry/fonts ]; then mkdir -p ~/.fonts && cp .devcarry/fonts/* ~/.fonts/; fi
-vary() { python3 -m vary "$@"; }
+source "$(dirname "$0")/gpu_env.sh"
 
 D=data/nano-ocr
 PIDS=()
