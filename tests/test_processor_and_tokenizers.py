@@ -17,7 +17,7 @@ from conftest import tiny_config
 from tests_paths import CONFORMANCE_DIR
 from vary.config import IMAGENET_MEAN, IMAGENET_STD
 from vary.modeling.official import CheckpointError
-from vary.modeling.processor import ImageError, VaryProcessor, load_image
+from vary.modeling.processor import ImageError, VaryProcessor, load_image, normalize
 from vary.modeling.tokenizer import (
     QWEN_SPECIAL_TOKENS,
     TokenizerError,
@@ -67,6 +67,14 @@ def test_high_res_tensor_matches_formula():
     arr = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
     out = proc.image_tensor(Image.fromarray(arr))
     expected = (arr / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+def test_normalize_keeps_a_non_square_layout():
+    arr = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)  # height 5, width 7
+    out = normalize(Image.fromarray(arr), IMAGENET_MEAN, IMAGENET_STD)
+    expected = (arr / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    assert out.shape == (3, 5, 7) and out.dtype == torch.float32
     np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, atol=1e-5)
 
 
