@@ -57,5 +57,6 @@ echo "training $STEPS steps in the ~$LEFT s left"
 rm -rf "$RUN"
 vary train run nano-ocr-read "${COMMON[@]}" train.max_steps=$STEPS train.output_dir=$RUN train.save_every=1000 train.keep_last=1
 vary convert $RUN/model $EXPORT --dtype float16
-cp $RUN/log.jsonl $RUN/recipe.yaml "$(dirname $EXPORT)/"
+# the run's log and recipe beside the exported model, unless it sits in the run folder already
+[ "$(dirname "$EXPORT")" -ef "$RUN" ] || cp "$RUN/log.jsonl" "$RUN/recipe.yaml" "$(dirname "$EXPORT")/"
 echo "done: $(elapsed) s; the model is $EXPORT"
