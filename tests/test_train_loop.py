@@ -21,11 +21,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vary
-from test_train_data import TINY_MODEL, write_shards
+from test_train_data import TINY_MODEL, make_sample, write_shards
 from test_train_init import BASE_MODEL
 from vary.cli import app
 from vary.data.dataset import VaryTrainDataset, open_source
+from vary.data.sample import Sample
+from vary.data.shards import ShardWriter, encode_sample
 from vary.modeling import fast
+from vary.modeling.tokenizer import load_tokenizer
 from vary.modeling.vary import VaryForCausalLM
 from vary.train.heldout import _batches, heldout_losses
 from vary.train.plot import plot_run
@@ -52,7 +55,7 @@ def write_recipe(path: Path, data_dir: Path, out: Path, base: bool = False, **se
         "train": {"output_dir": str(out), "batch_size": 2, "global_batch_size": 8, "max_steps": 4, "save_every": 2},
     }  # fmt: skip
     for section, values in sections.items():
-        recipe[section] = {**recipe[section], **values}
+        recipe[section] = {**recipe.get(section, {}), **values}
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -260,6 +263,31 @@ def test_lr_scale_gives_a_part_its_own_learning_rate_and_a_char_tokenizer(tmp_pa
     assert [round(r["lr"], 8) for r in read_log(tmp_path / "run" / "log.jsonl")] == [2e-3, 2e-3]  # the recipe's lr
     with pytest.raises(RecipeError, match="optim.lr_scale.eyes"):
         load_recipe(recipe, ["optim.lr_scale={eyes: 0.1}"])
+
+
+def test_continuing_on_new_characters_extends_the_char_tokenizer(tmp_path, shards):
+    first = write_recipe(tmp_path / "a.yaml", shards, tmp_path / "a", model={"tokenizer_type": "chars"},
+                         train={"max_steps": 1})  # fmt: skip
+    Trainer(load_recipe(first), progress=False).train()
+    old = load_tokenizer(tmp_path / "a" / "model")
+    charts = tmp_path / "charts"  # targets with characters the page texts never use
+    charts.mkdir()
+    writer = ShardWriter(charts / "charts-en-00000.tar")
+    for i in range(8):
+        target = f"{{'title': 'T{i}', 'data': [[{i}, 2]]}}"
+        writer.add(encode_sample(Sample(f"charts-en-{i:08d}", make_sample(i).image, target, "chart", "en", "charts")))
+    writer.commit()
+    second = write_recipe(tmp_path / "b.yaml", charts, tmp_path / "b", init={"checkpoint": str(tmp_path / "a" / "model")},
+                          train={"max_steps": 1})  # fmt: skip
+    trainer = Trainer(load_recipe(second), progress=False)
+    trainer.train()
+    new = load_tokenizer(tmp_path / "b" / "model")
+    added = sorted(set(new.get_vocab()) - set(old.get_vocab()))
+    assert {"{", "}", "[", "]", "'"} <= set(added)
+    assert all(new.convert_tokens_to_ids(t) == i for t, i in old.get_vocab().items())  # old ids keep their rows
+    labels = trainer.dataset[(0, 0, 0)]["labels"]
+    assert new.unk_token_id not in labels
+    assert new.decode([t for t in labels if t >= 0], skip_special_tokens=True).startswith("{'title'")
 
 
 def test_freezing_the_vision_encoder_trains_the_downsampling_convs_only(tmp_path, shards):

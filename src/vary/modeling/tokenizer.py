@@ -153,6 +153,20 @@ def train_char_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTra
     )
 
 
+def extend_char_tokenizer(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str]) -> list[str]:
+    """Add to a one-token-per-character tokenizer the characters of `texts` it lacks; returns them, sorted.
+
+    Without this, a model trained on, say, text blocks and then continued on charts would see every "{" as
+    <unk> and could never write one. Other tokenizers (byte-level BPE, QWen) have no unknown characters: no-op.
+    New ids follow the last one, so rows the model already has keep their meaning.
+    """
+    if not isinstance(tokenizer.backend_tokenizer.model, models.WordLevel):
+        return []
+    missing = sorted({ch for text in texts for ch in text} - tokenizer.get_vocab().keys())
+    tokenizer.add_tokens(missing)
+    return missing
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8192) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` (English + Chinese); specials get ids 0..5 (see OWN_SPECIAL_TOKENS).
 

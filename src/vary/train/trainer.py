@@ -45,7 +45,7 @@ from transformers import get_scheduler
 from vary.config import PRESETS
 from vary.data.dataset import Collator, DataError, MixtureSampler, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
-from vary.modeling.tokenizer import check_image_tokens, load_tokenizer
+from vary.modeling.tokenizer import check_image_tokens, extend_char_tokenizer, load_tokenizer
 from vary.train.features import features_path, vision_fingerprint
 from vary.train.heldout import answer_tokens, heldout_losses, token_loss_sum
 from vary.train.init import build_model, format_report, save_report, tokenizer_folder, train_tokenizer
@@ -289,7 +289,14 @@ class Trainer:
                     kind = self.recipe.model.tokenizer_type
                     self._print(f"training a {kind} tokenizer (<= {vocab} tokens) on {len(texts)} texts -> {folder}")
                     train_tokenizer(texts, vocab, folder, kind)
-        return load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder)
+        # A character tokenizer from a checkpoint may lack characters of this run's data (e.g. "{" when charts
+        # join text blocks): add them rather than train on <unk>. Deterministic, so every process and a resume
+        # get the same ids.
+        texts = (t for s in self.sources for t in s.texts(self.recipe.data.tokenizer_corpus))
+        if added := extend_char_tokenizer(tokenizer, texts):
+            self._print(f"tokenizer: added {len(added)} characters the data uses: {''.join(added)!r}")
+        return tokenizer
 
     def _preset_text(self) -> dict:
         return {**PRESETS[self.recipe.model.preset]["text_config"], **self.recipe.model.config.get("text_config", {})}
