@@ -289,6 +289,7 @@ class Trainer:
                     kind = self.recipe.model.tokenizer_type
                     self._print(f"training a {kind} tokenizer (<= {vocab} tokens) on {len(texts)} texts -> {folder}")
                     train_tokenizer(texts, vocab, folder, kind)
+            return load_tokenizer(folder)  # trained on this data: what it left out was beyond its vocab_size
         tokenizer = load_tokenizer(folder)
         # A character tokenizer from a checkpoint may lack characters of this run's data (e.g. "{" when charts
         # join text blocks): add them rather than train on <unk>. Deterministic, so every process and a resume
