@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Go on with the nano-ocr chain from the committed checkpoint on one GPU, inside a fixed wall-clock budget (a
-# lent GPU machine gives minutes, not hours): make fresh English sets on all CPU cores (seeds 42-46, new to the
-# chain), time PROBE bf16 steps to learn the step rate, then train with a cosine schedule sized to end inside
+# lent GPU machine gives minutes, not hours): make fresh sets on all CPU cores (seeds 42-46 and 49-50, new to
+# the chain), time PROBE bf16 steps to learn the step rate, then train with a cosine schedule sized to end inside
 # BUDGET seconds, and write the model in float16 (as the checkpoint folder holds it) to EXPORT.
 #
 #   EXPORT=/tmp/gpu-model BUDGET=480 bash reports/training/nano-ocr/continue_gpu.sh
@@ -21,22 +21,27 @@ EXPORT=${EXPORT:-$RUN/model-fp16}
 source reports/training/nano-ocr/gpu_env.sh
 elapsed() { echo $(($(date +%s) - START)); }
 
-# Blocks of 1-8 lines (the issue's held-out shape, sample-page type sizes), blocks placed anywhere, small lines,
-# and a little of the large words and lines the chain already reads, so that they are not forgotten.
+# Blocks of 1-8 lines at the issue's held-out type sizes (the generator's default font), blocks placed anywhere,
+# small lines, and some of what the chain already does, so that it is not forgotten: large words and lines, simple
+# bar charts (the python dict) and photographs (the nature sentence), both added by read7.
 D=data/nano-ocr-gpu
 PIDS=()
 gen() { vary data generate blocks --lang en --size 384 --quiet "$@" & PIDS+=($!); }  # in parallel; checked below
-gen --count $((80000 / DIV)) --seed 42 --workers 4 --out $D/blocks-en-s42 -o lines=1-8 -o font=0.06-0.10
+gen --count $((80000 / DIV)) --seed 42 --workers 4 --out $D/blocks-en-s42 -o lines=1-8
 gen --count $((60000 / DIV)) --seed 43 --workers 4 --out $D/blocks-en-anywhere-s43 -o lines=3-6 -o font=0.07-0.12 -o place=anywhere
 gen --count $((60000 / DIV)) --seed 44 --workers 3 --out $D/lines-en-small-anywhere-s44 -o lines=1-2 -o font=0.06-0.12 -o place=anywhere
 gen --count $((20000 / DIV)) --seed 45 --workers 1 --out $D/words-en-anywhere-s45 -o lines=1-1 -o font=0.12-0.22 -o place=anywhere
 gen --count $((20000 / DIV)) --seed 46 --workers 1 --out $D/lines-en-anywhere-s46 -o words=2-4 -o font=0.12-0.22 -o place=anywhere
+vary data generate charts --lang en --size 384 --quiet --count $((12000 / DIV)) --seed 49 --workers 2 --out $D/charts-bar-s49 \
+  -o kinds=bar -o simple=true -o font_scale=2.2 & PIDS+=($!)
+vary data generate natural --size 384 --quiet --count $((4000 / DIV)) --seed 50 --workers 1 --out $D/natural-s50 & PIDS+=($!)
 for pid in "${PIDS[@]}"; do wait "$pid"; done # set -e: a failed generator stops the run here
 echo "data: $(elapsed) s"
 
-SOURCES="[{path: $D/blocks-en-s42, weight: 0.35}, {path: $D/blocks-en-anywhere-s43, weight: 0.25},
-  {path: $D/lines-en-small-anywhere-s44, weight: 0.2}, {path: $D/words-en-anywhere-s45, weight: 0.1},
-  {path: $D/lines-en-anywhere-s46, weight: 0.1}]"
+SOURCES="[{path: $D/blocks-en-s42, weight: 0.35}, {path: $D/blocks-en-anywhere-s43, weight: 0.15},
+  {path: $D/lines-en-small-anywhere-s44, weight: 0.15}, {path: $D/words-en-anywhere-s45, weight: 0.08},
+  {path: $D/lines-en-anywhere-s46, weight: 0.08}, {path: $D/charts-bar-s49, weight: 0.14},
+  {path: $D/natural-s50, weight: 0.05}]"
 COMMON=(init.checkpoint=reports/training/nano-ocr/checkpoint "data.sources=$SOURCES" data.eval_sources=[]
   data.max_length=448 data.num_workers=$WORKERS train.batch_size=$BATCH train.global_batch_size=$BATCH
   "train.mixed_precision='$PRECISION'" optim.lr=$LR optim.min_lr=4e-5 optim.warmup_steps=200 train.seed=7)
