@@ -26,15 +26,15 @@ elapsed() { echo $(($(date +%s) - START)); }
 # bar charts (the python dict) and photographs (the nature sentence), both added by read7.
 D=data/nano-ocr-gpu
 PIDS=()
-gen() { vary data generate blocks --lang en --size 384 --quiet "$@" & PIDS+=($!); }  # in parallel; checked below
-gen --count $((80000 / DIV)) --seed 42 --workers 4 --out $D/blocks-en-s42 -o lines=1-8
-gen --count $((60000 / DIV)) --seed 43 --workers 4 --out $D/blocks-en-anywhere-s43 -o lines=3-6 -o font=0.07-0.12 -o place=anywhere
-gen --count $((60000 / DIV)) --seed 44 --workers 3 --out $D/lines-en-small-anywhere-s44 -o lines=1-2 -o font=0.06-0.12 -o place=anywhere
-gen --count $((20000 / DIV)) --seed 45 --workers 1 --out $D/words-en-anywhere-s45 -o lines=1-1 -o font=0.12-0.22 -o place=anywhere
-gen --count $((20000 / DIV)) --seed 46 --workers 1 --out $D/lines-en-anywhere-s46 -o words=2-4 -o font=0.12-0.22 -o place=anywhere
-vary data generate charts --lang en --size 384 --quiet --count $((12000 / DIV)) --seed 49 --workers 2 --out $D/charts-bar-s49 \
-  -o kinds=bar -o simple=true -o font_scale=2.2 & PIDS+=($!)
-vary data generate natural --size 384 --quiet --count $((4000 / DIV)) --seed 50 --workers 1 --out $D/natural-s50 & PIDS+=($!)
+gen() { vary data generate "$@" --size 384 --quiet & PIDS+=($!); }  # KIND ...: in parallel; checked below
+blocks() { gen blocks --lang en "$@"; }
+blocks --count $((80000 / DIV)) --seed 42 --workers 4 --out $D/blocks-en-s42 -o lines=1-8
+blocks --count $((60000 / DIV)) --seed 43 --workers 4 --out $D/blocks-en-anywhere-s43 -o lines=3-6 -o font=0.07-0.12 -o place=anywhere
+blocks --count $((60000 / DIV)) --seed 44 --workers 3 --out $D/lines-en-small-anywhere-s44 -o lines=1-2 -o font=0.06-0.12 -o place=anywhere
+blocks --count $((20000 / DIV)) --seed 45 --workers 1 --out $D/words-en-anywhere-s45 -o lines=1-1 -o font=0.12-0.22 -o place=anywhere
+blocks --count $((20000 / DIV)) --seed 46 --workers 1 --out $D/lines-en-anywhere-s46 -o words=2-4 -o font=0.12-0.22 -o place=anywhere
+gen charts --lang en --count $((12000 / DIV)) --seed 49 --workers 2 --out $D/charts-bar-s49 -o kinds=bar -o simple=true -o font_scale=2.2
+gen natural --count $((4000 / DIV)) --seed 50 --workers 1 --out $D/natural-s50
 for pid in "${PIDS[@]}"; do wait "$pid"; done # set -e: a failed generator stops the run here
 echo "data: $(elapsed) s"
 
