@@ -133,6 +133,13 @@ QWEN_7B = dict(
 )  # fmt: skip
 QWEN_1_8B = dict(QWEN_7B, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
                  intermediate_size=5504)  # fmt: skip
+# GOT-OCR2's decoder: Qwen2-0.5B-like, vocab cut to Qwen's 151643 BPE ranks + 217 specials (image tokens included).
+QWEN2_GOT = dict(
+    model_type="qwen2", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
+    intermediate_size=2816, vocab_size=151860, max_position_embeddings=32768, rms_norm_eps=1e-6,
+    rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False,
+    bos_token_id=151643, eos_token_id=151643, pad_token_id=151643,
+)  # fmt: skip
 VICUNA_7B = dict(
     model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
     intermediate_size=11008, vocab_size=32003, max_position_embeddings=4096, rms_norm_eps=1e-5,
@@ -160,6 +167,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         vision_config=SAM_B,
         clip_config=CLIP_L14_224,
         text_config=QWEN_1_8B,
+        template="mpt",
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        image_resample="bicubic",
+        **QWEN_IMAGE_TOKENS,
+    ),  # fmt: skip
+    # GOT-OCR2: Vary's vision vocabulary (SAM-B + net_2/net_3, 256 tokens) + one Linear(1024, 1024) projector +
+    # the Qwen2 decoder above; GOT's demo template is LLaVA-MPT with Qwen's system line; CLIP mean/std + bicubic.
+    "got-ocr2": dict(
+        vision_config=SAM_B,
+        text_config=QWEN2_GOT,
         template="mpt",
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
