@@ -18,6 +18,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, SamVisionConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from vary.prompts import PROMPT_STYLES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -57,6 +59,9 @@ class VaryConfig(PreTrainedConfig):
     clip_image_mean: list[float] | tuple[float, ...] = CLIP_MEAN
     clip_image_std: list[float] | tuple[float, ...] = CLIP_STD
     template: str = "plain"
+    # The model family's prompt set (vary.prompts.PROMPT_STYLES): task instructions, fine-grained and multi-crop
+    # prompts, generation defaults. "vary" for Vary models, "got" for GOT-OCR2.
+    prompt_style: str = "vary"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -106,6 +111,8 @@ class VaryConfig(PreTrainedConfig):
                 raise ValueError("Vary-base concatenates two projections: the LM hidden size must be even")
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {tuple(PROMPT_STYLES)}, got {self.prompt_style!r}")
         if self.image_resample not in ("bilinear", "bicubic"):
             raise ValueError(f"image_resample must be 'bilinear' or 'bicubic', got {self.image_resample!r}")
 
@@ -182,6 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
         image_resample="bicubic",
+        prompt_style="got",
         **QWEN_IMAGE_TOKENS,
     ),  # fmt: skip
     # nano: a Vary-tiny that trains on a CPU. 512px input -> 32x32 ViT grid -> 8x8 = 64 image tokens.

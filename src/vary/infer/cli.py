@@ -33,6 +33,24 @@ class Task(StrEnum):
     ask = "ask"  # a short answer to a question
 
 
+class Color(StrEnum):
+    """GOT-OCR2's fine-grained colour prompts (vary.prompts.GOT_COLORS)."""
+
+    red = "red"
+    green = "green"
+    blue = "blue"
+
+
+def box_option(value: str | None) -> tuple[float, float, float, float] | None:
+    """`--box x1,y1,x2,y2` (pixels) -> a tuple; a bad value is a usage error (exit 2)."""
+    from vary.prompts import PromptError, parse_box
+
+    try:
+        return None if value is None else parse_box(value)
+    except PromptError as err:
+        raise typer.BadParameter(str(err), param_hint="--box") from None
+
+
 def resolve_model(model: Path | None) -> Path:
     """--model, else the bundled model; exits with a clear message when there is neither."""
     if model is None:
@@ -116,12 +134,18 @@ def ocr_command(
     out: Path | None = typer.Option(None, "--out", help="write one .txt/.md/.json per page here instead of stdout"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="generation budget per page"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="pages generated together"),
+    box: str | None = typer.Option(None, "--box", help="GOT-OCR2: only the text in this box, x1,y1,x2,y2 in the page's pixels"),
+    color: Color | None = typer.Option(None, "--color", help="GOT-OCR2: only the text of this colour"),
+    crop: bool = typer.Option(False, "--crop", help="GOT-OCR2 multi-crop mode: page tiles + a thumbnail (large or tall pages)"),
+    crop_max_tiles: int = typer.Option(6, "--crop-max-tiles", min=1, help="most tiles per page in --crop mode"),
+    no_repeat_ngram_size: int | None = typer.Option(None, "--no-repeat-ngram-size", min=0, help="ban repeated n-grams of this size (0: off; default: the model's, 20 for GOT-OCR2)"),
 ) -> None:  # fmt: skip
     """Read text, markdown, chart data or answers from images and PDF pages."""
     from vary.infer.documents import DocumentError, open_documents
     from vary.infer.pipeline import Pipeline
     from vary.modeling.official import CheckpointError
     from vary.modeling.tokenizer import TokenizerError
+    from vary.prompts import PromptError
 
     quiet_loading()
     model_dir = resolve_model(model)
@@ -129,13 +153,19 @@ def ocr_command(
         raise typer.BadParameter("--task ask needs --question", param_hint="--question")
     if task is not Task.ask and question:
         raise typer.BadParameter("--question is only used with --task ask", param_hint="--question")
+    options = dict(box=box_option(box), color=color.value if color else None, crop=crop, max_tiles=crop_max_tiles)
+    if no_repeat_ngram_size is not None:
+        options["no_repeat_ngram_size"] = no_repeat_ngram_size
     try:
         documents = open_documents(paths, pages)  # check every input before spending time on the model
         pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype)
         start = time.perf_counter()
         records = ocr_documents(
-            pipeline, documents, task.value, question, out, batch_size, max_new_tokens=max_new_tokens
+            pipeline, documents, task.value, question, out, batch_size, max_new_tokens=max_new_tokens, **options
         )
+    except PromptError as err:  # a task or option this model has no prompt for: a usage error
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
     except (DocumentError, CheckpointError, TokenizerError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None

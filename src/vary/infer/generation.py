@@ -4,7 +4,8 @@ Dense-OCR decoders have a well-known failure: once a line or a short n-gram repe
 keeps repeating it until max_new_tokens (the official GOT code fights it with no_repeat_ngram_size=20,
 which also forbids legitimate repeats such as table rules). `LoopGuard` instead lets text repeat a
 little and stops a row only when its *end* is the same unit copied many times; the result is marked
-and the loop is cut back to a single copy of the unit.
+and the loop is cut back to a single copy of the unit. GOT-OCR2 models keep GOT's n-gram ban as their
+default on top (`NoRepeatNGram`, from the model's prompt style), since that is what they were evaluated with.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 
 
 @dataclass
@@ -34,6 +35,9 @@ class GenerationSettings:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    # Ban any n-gram from occurring twice (GOT's demo: 20). None: the model's default (its generation_config,
+    # else its prompt style's: 20 for GOT-OCR2, off for Vary); 0: off.
+    no_repeat_ngram_size: int | None = None
     loop_guard: LoopGuardConfig = field(default_factory=LoopGuardConfig)
 
 
@@ -76,6 +80,35 @@ class LoopGuard(StoppingCriteria):
                 self.cuts[row] = (length, int(run[row, p]))
             stop[row] = True
         return stop.to(input_ids.device)
+
+
+class NoRepeatNGram(LogitsProcessor):
+    """Bans every token that would repeat an n-gram already in the sequence (prompt included).
+
+    The same rule as transformers' NoRepeatNGramLogitsProcessor, which rebuilds a Python dict of every n-gram
+    of every row at each step (~ms per row for a 4k-token page, longer than a GPU decoding step); here one
+    comparison of all (n-1)-token windows with the last n-1 tokens, on the device.
+    """
+
+    def __init__(self, ngram_size: int):
+        if ngram_size < 1:
+            raise ValueError(f"no_repeat_ngram_size must be >= 1, got {ngram_size}")
+        self.n = ngram_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        length = input_ids.shape[1]
+        if length < self.n:
+            return scores
+        if self.n == 1:  # a 1-gram ban: no token may appear twice
+            banned = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, input_ids, True)
+            return scores.masked_fill(banned, float("-inf"))
+        last = input_ids[:, length - self.n + 1 :]  # (B, n-1): the n-gram being completed, minus its last token
+        windows = input_ids[:, : length - 1].unfold(1, self.n - 1, 1)  # (B, L-n+1, n-1), window j = ids[j : j+n-1]
+        seen = (windows == last[:, None, :]).all(-1)  # (B, L-n+1): window j equals the last n-1 tokens
+        followers = input_ids[:, self.n - 1 :]  # (B, L-n+1): the token after window j
+        counts = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+        counts.scatter_add_(1, followers, seen.to(torch.int32))
+        return scores.masked_fill(counts > 0, float("-inf"))
 
 
 class CancelCriteria(StoppingCriteria):

@@ -9,6 +9,13 @@
 Images may be paths, bytes or PIL images. Decoding is greedy by default, stops at the conversation
 template's stop string and at degenerate repetition loops (see generation.LoopGuard). A Vary-tiny model
 (plain template) reads no instruction: every task gives it the same prompt.
+
+The model's prompt style (config.prompt_style, vary.prompts.PROMPT_STYLES) picks each task's instruction.
+GOT-OCR2 models also take GOT's fine-grained prompts and its multi-crop mode:
+
+    pipe.ocr("page.png", box=(40, 60, 500, 300))   # only the text in this pixel box
+    pipe.ocr("page.png", color="red")              # only the red text
+    pipe.markdown("tall_page.png", crop=True)      # tiles + thumbnail in one image block (or Pipeline(crop=True))
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from transformers import StoppingCriteriaList, TextIteratorStreamer
+from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
 from vary.assets import bundled_model_dir
 from vary.infer.documents import Page
@@ -29,13 +36,14 @@ from vary.infer.generation import (
     CancelCriteria,
     GenerationSettings,
     LoopGuard,
+    NoRepeatNGram,
     clean_text,
     generated_ids,
 )
 from vary.modeling.loading import load
-from vary.modeling.processor import ImageInput, VaryProcessor
+from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
 from vary.modeling.vary import VaryForCausalLM
-from vary.prompts import TASK_PROMPTS, ask_prompt
+from vary.prompts import TASK_PROMPTS, ask_prompt, box_to_grid, get_prompt_style
 from vary.templates import get_template
 
 TASKS = ("ocr", "markdown", "chart", "ask")  # plain text, markdown, chart -> dict, short answer to a question
@@ -117,17 +125,29 @@ class Pipeline:
         processor: VaryProcessor,
         settings: GenerationSettings | None = None,
         name: str = "vary",
+        crop: bool = False,
+        max_tiles: int = DEFAULT_MAX_TILES,
     ):
         self.model = model.eval()
         self.processor = processor
         self.settings = settings or GenerationSettings()
         self.name = name
         self.template = get_template(model.config.template)
+        self.prompt_style = get_prompt_style(model.config.prompt_style)
+        # Multi-crop mode by default for every call (each call may still choose); see VaryProcessor.crop_tensors.
+        self.prompt_style.check(next(iter(self.prompt_style.tasks)), crop=crop, model=name)
+        self.crop, self.max_tiles = crop, max_tiles
         self._lock = threading.Lock()  # one generate() at a time: the model is shared by threads (server)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path | None = None, device: str = "cpu", dtype: str | torch.dtype | None = None, **settings
+        cls,
+        path: str | Path | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+        crop: bool = False,
+        max_tiles: int = DEFAULT_MAX_TILES,
+        **settings,
     ) -> Pipeline:
         """Load a local model folder (ours or official; None: the bundled model); `settings` are GenerationSettings."""
         if path is None:
@@ -140,7 +160,7 @@ class Pipeline:
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.
         model.enable_fast_cpu_path(device == "cpu")
-        return cls(model.to(device), processor, GenerationSettings(**settings), name=Path(path).name)
+        return cls(model.to(device), processor, GenerationSettings(**settings), Path(path).name, crop, max_tiles)
 
     # --- properties -------------------------------------------------------------------------------------
     @property
@@ -152,14 +172,32 @@ class Pipeline:
         return self.model.config.image_size
 
     def info(self) -> dict:
-        return {"model": self.name, "template": self.template.name, "image_size": self.image_size,
-                "device": str(self.device), "dtype": str(self.model.dtype).removeprefix("torch.")}  # fmt: skip
+        return {"model": self.name, "template": self.template.name, "prompt_style": self.prompt_style.name,
+                "image_size": self.image_size, "device": str(self.device),
+                "dtype": str(self.model.dtype).removeprefix("torch.")}  # fmt: skip
 
     # --- prompts ----------------------------------------------------------------------------------------
-    def instruction(self, task: str, question: str | None = None) -> str:
-        """The text instruction for a task (templated models); the plain template drops it anyway."""
+    def instruction(
+        self,
+        task: str,
+        question: str | None = None,
+        box: list[int] | None = None,
+        color: str | None = None,
+        crop: bool | None = None,
+    ) -> str:
+        """The text instruction for a task (templated models); the plain template drops it anyway.
+
+        `box` is on GOT's 0-1000 grid (see `instructions` for pixel boxes); box, color and crop are refused
+        (PromptError, a ValueError) by models whose prompt style lacks them, as are tasks it lacks.
+        """
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        crop = self.crop if crop is None else crop
+        self.prompt_style.check(task, box is not None, color, crop, model=self.name)
+        if self.prompt_style.name != "vary":
+            if question:
+                raise ValueError(f"a question is only used with task 'ask', not {task!r}")
+            return self.prompt_style.instruction(task, box, color, crop, model=self.name)
         if task == "ask":
             if not question or not question.strip():
                 raise ValueError("task 'ask' needs a question")
@@ -174,6 +212,33 @@ class Pipeline:
             raise ValueError(f"a question is only used with task 'ask', not {task!r}")
         return TASK_PROMPTS[task]
 
+    def instructions(
+        self,
+        images: list[ImageInput],
+        task: str,
+        question: str | None = None,
+        box: tuple[float, float, float, float] | None = None,
+        color: str | None = None,
+        crop: bool | None = None,
+    ) -> tuple[list[ImageInput], list[str]]:
+        """(images, one instruction each). A pixel `box` is put on GOT's 0-1000 grid with each image's own
+        size, so the images are opened here (and returned opened, not read twice)."""
+        if box is None:
+            return images, [self.instruction(task, question, None, color, crop)] * len(images)
+        self.instruction(task, question, [0, 0, 1, 1], color, crop)  # a refused option fails before any image work
+        opened = [load_image(image, self.processor.max_pixels) for image in images]
+        grids = [box_to_grid(box, image.width, image.height) for image in opened]
+        return opened, [self.instruction(task, question, grid, color, crop) for grid in grids]
+
+    def no_repeat_ngram_size(self, settings: GenerationSettings | None = None) -> int:
+        """The n-gram ban in force: the settings', else the model's generation_config's, else its prompt style's."""
+        size = (settings or self.settings).no_repeat_ngram_size
+        if size is None:
+            size = getattr(self.model.generation_config, "no_repeat_ngram_size", None) or (
+                self.prompt_style.no_repeat_ngram_size
+            )
+        return int(size)
+
     # --- generation -------------------------------------------------------------------------------------
     def generate(
         self,
@@ -182,11 +247,19 @@ class Pipeline:
         task: str = "",
         streamer: TextIteratorStreamer | None = None,
         cancel: threading.Event | None = None,
+        crop: bool | None = None,
+        max_tiles: int | None = None,
         **overrides,
     ) -> list[Result]:
         """One batch: images + raw instructions -> one Result each. `overrides` replace GenerationSettings."""
-        batch = self.processor(images, instructions)  # raises ImageError before any model work
+        batch = self._batch(images, instructions, crop, max_tiles)  # raises ImageError before any model work
         return self._generate(batch, task, streamer, cancel, dataclasses.replace(self.settings, **overrides))
+
+    def _batch(self, images, instructions, crop: bool | None, max_tiles: int | None) -> dict[str, torch.Tensor]:
+        crop = self.crop if crop is None else crop
+        if crop:
+            self.prompt_style.check(next(iter(self.prompt_style.tasks)), crop=True, model=self.name)
+        return self.processor(images, instructions, crop=crop, max_tiles=max_tiles or self.max_tiles)
 
     def _generate(self, batch, task, streamer, cancel, settings: GenerationSettings) -> list[Result]:
         tok = self.processor.tokenizer
@@ -199,6 +272,10 @@ class Pipeline:
                       eos_token_id=sorted(end_ids), stopping_criteria=StoppingCriteriaList(criteria))  # fmt: skip
         if settings.do_sample:
             kwargs |= dict(temperature=settings.temperature, top_p=settings.top_p)
+        # Ours instead of transformers' (same rule, vectorised); 0 keeps a generation_config value from adding theirs.
+        kwargs["no_repeat_ngram_size"] = 0
+        if ngram := self.no_repeat_ngram_size(settings):
+            kwargs["logits_processor"] = LogitsProcessorList([NoRepeatNGram(ngram)])
         if self.template.stop and not self._single_token(self.template.stop):
             kwargs |= dict(stop_strings=[self.template.stop], tokenizer=tok)  # plain-text stop: HF matches it
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -231,14 +308,22 @@ class Pipeline:
         task: str = "ocr",
         question: str | None = None,
         batch_size: int = 4,
+        box: tuple[float, float, float, float] | None = None,
+        color: str | None = None,
+        crop: bool | None = None,
+        max_tiles: int | None = None,
         **overrides,
     ) -> list[Result]:
-        """Several images, the same task; generated `batch_size` at a time (left-padded prompts)."""
-        instruction = self.instruction(task, question)
-        images = list(images)
+        """Several images, the same task; generated `batch_size` at a time (left-padded prompts).
+
+        GOT-OCR2 models: `box` (x1, y1, x2, y2 in the image's pixels) or `color` ("red", "green", "blue") ask
+        for that region's or colour's text; `crop` uses multi-crop mode with up to `max_tiles` tiles."""
+        images, instructions = self.instructions(list(images), task, question, box, color, crop)
         results: list[Result] = []
         for start in range(0, len(images), batch_size):
-            results += self.generate(images[start : start + batch_size], instruction, task, **overrides)
+            chunk = slice(start, start + batch_size)
+            results += self.generate(images[chunk], instructions[chunk], task, crop=crop, max_tiles=max_tiles,
+                                     **overrides)  # fmt: skip
         return results
 
     def run(self, image: ImageInput, task: str = "ocr", question: str | None = None, **overrides) -> Result:
@@ -258,19 +343,41 @@ class Pipeline:
         return parse_chart(self.run(image, "chart", **overrides))
 
     def run_pages(
-        self, pages: Iterable[Page], task: str = "ocr", question: str | None = None, batch_size: int = 4, **overrides
+        self,
+        pages: Iterable[Page],
+        task: str = "ocr",
+        question: str | None = None,
+        batch_size: int = 4,
+        box: tuple[float, float, float, float] | None = None,
+        color: str | None = None,
+        crop: bool | None = None,
+        max_tiles: int | None = None,
+        **overrides,
     ) -> Iterator[tuple[Page, Result]]:
-        """Document pages (see documents.py) in batches, rendered lazily; yields (page, result) in order."""
-        instruction = self.instruction(task, question)
+        """Document pages (see documents.py) in batches, rendered lazily; yields (page, result) in order.
+        Options as for run_batch; a box is in the pixels of each rendered page."""
+        self.instruction(task, question, None if box is None else [0, 0, 1, 1], color, crop)  # fail before rendering
         pages = list(pages)
         for start in range(0, len(pages), batch_size):
             chunk = pages[start : start + batch_size]
-            results = self.generate([page.image() for page in chunk], instruction, task, **overrides)
+            images, instructions = self.instructions([page.image() for page in chunk], task, question, box, color, crop)
+            results = self.generate(images, instructions, task, crop=crop, max_tiles=max_tiles, **overrides)
             yield from zip(chunk, results, strict=True)
 
-    def stream(self, image: ImageInput, task: str = "ocr", question: str | None = None, **overrides) -> TextStream:
+    def stream(
+        self,
+        image: ImageInput,
+        task: str = "ocr",
+        question: str | None = None,
+        box: tuple[float, float, float, float] | None = None,
+        color: str | None = None,
+        crop: bool | None = None,
+        max_tiles: int | None = None,
+        **overrides,
+    ) -> TextStream:
         """Text chunks as they are generated; the final Result is `.result` once the stream is exhausted."""
-        batch = self.processor([image], self.instruction(task, question))  # bad images fail here, not in the thread
+        images, instructions = self.instructions([image], task, question, box, color, crop)
+        batch = self._batch(images, instructions, crop, max_tiles)  # bad images fail here, not in the thread
         return TextStream(self, batch, task, dataclasses.replace(self.settings, **overrides))
 
 

@@ -2,6 +2,8 @@
 
 High-resolution branch: resize to S x S (bilinear or bicubic, per the checkpoint), (x/255 - mean) / std.
 CLIP branch: shortest side -> 224 (bicubic), centre crop 224, CLIP mean/std (as CLIPImageProcessor does).
+Multi-crop mode (GOT-OCR2's chat_crop): the page is resized to a grid of S x S tiles whose aspect ratio is
+closest to the page's, plus a thumbnail of the whole page; all of them go into ONE image block.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vary.config import VaryConfig
+from vary.prompts import get_prompt_style
 from vary.templates import get_template
 
 ImageInput = str | Path | bytes | Image.Image
 DEFAULT_MAX_PIXELS = 64_000_000  # larger images are refused (decompression-bomb guard)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+DEFAULT_MAX_TILES = 6  # GOT-OCR2's chat_crop: 1 to 6 tiles (+ a thumbnail when there are several)
 
 
 class ImageError(ValueError):
@@ -99,6 +103,31 @@ def normalize(image: Image.Image, mean, std) -> torch.Tensor:
     return torch.gather(table, 1, levels).view(3, image.height, image.width)
 
 
+def tile_grid(width: int, height: int, tile_size: int, max_tiles: int = DEFAULT_MAX_TILES,
+              min_tiles: int = 1) -> tuple[int, int]:  # fmt: skip
+    """(columns, rows) of the tile grid for a width x height image, as GOT-OCR2's dynamic_preprocess chooses it.
+
+    The grid whose aspect ratio (columns / rows) is closest to the image's, among grids of min..max tiles
+    tried in order of tile count; on a tie the later (larger) grid wins when the image has more than half
+    its pixels, so a big page gets more tiles than a small one of the same shape.
+    """
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {min_tiles}, {max_tiles}")
+    grids = sorted(
+        ((c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if min_tiles <= c * r <= max_tiles),
+        key=lambda grid: (grid[0] * grid[1], grid),
+    )
+    aspect, area = width / height, width * height
+    best, best_diff = grids[0], float("inf")
+    for columns, rows in grids:
+        diff = abs(aspect - columns / rows)
+        if diff < best_diff:
+            best, best_diff = (columns, rows), diff
+        elif diff == best_diff and area > 0.5 * tile_size * tile_size * columns * rows:
+            best = (columns, rows)
+    return best
+
+
 @dataclass
 class VaryProcessor:
     config: VaryConfig
@@ -114,6 +143,21 @@ class VaryProcessor:
             image = image.resize((size, size), _RESAMPLE[self.config.image_resample])
         return normalize(image, self.config.image_mean, self.config.image_std)
 
+    def crop_tensors(self, image: ImageInput, max_tiles: int = DEFAULT_MAX_TILES) -> torch.Tensor:
+        """Multi-crop input: (n, 3, S, S), the grid's tiles row by row, then a thumbnail when n > 1 (GOT's order)."""
+        size = self.config.image_size
+        image = load_image(image, self.max_pixels)
+        columns, rows = tile_grid(image.width, image.height, size, max_tiles)
+        resample = _RESAMPLE[self.config.image_resample]
+        grid = image.resize((columns * size, rows * size), resample)
+        # Normalise the grid once and cut it into tiles with a view: (3, rows*S, cols*S) -> (rows*cols, 3, S, S).
+        tiles = normalize(grid, self.config.image_mean, self.config.image_std)
+        tiles = tiles.view(3, rows, size, columns, size).permute(1, 3, 0, 2, 4).reshape(-1, 3, size, size)
+        if columns * rows == 1:
+            return tiles
+        thumbnail = self.image_tensor(image.resize((size, size), resample))
+        return torch.cat([tiles, thumbnail[None]])
+
     def clip_tensor(self, image: ImageInput) -> torch.Tensor:
         """CLIP branch input: (3, 224, 224) after shortest-side resize and centre crop."""
         size = self.config.clip_image_size
@@ -127,25 +171,45 @@ class VaryProcessor:
         return normalize(image, self.config.clip_image_mean, self.config.clip_image_std)
 
     # --- text ---
-    def prompt(self, instruction: str = "", num_images: int = 1) -> str:
-        return get_template(self.config.template).prompt(instruction, num_images, self.config.image_token_len)
+    def prompt(self, instruction: str = "", num_images: int = 1, tiles: int = 1) -> str:
+        """`tiles` images share each image block (multi-crop mode): tiles x image_token_len <imgpad> in one block."""
+        separator = get_prompt_style(self.config.prompt_style).image_separator
+        return get_template(self.config.template).prompt(
+            separator + instruction, num_images, self.config.image_token_len * tiles
+        )
 
-    def prompt_ids(self, instruction: str = "", num_images: int = 1) -> list[int]:
-        ids = self.tokenizer(self.prompt(instruction, num_images), add_special_tokens=True).input_ids
+    def prompt_ids(self, instruction: str = "", num_images: int = 1, tiles: int = 1) -> list[int]:
+        ids = self.tokenizer(self.prompt(instruction, num_images, tiles), add_special_tokens=True).input_ids
         n_pad = ids.count(self.config.image_patch_token_id)
-        if n_pad != num_images * self.config.image_token_len:
+        expected = num_images * tiles * self.config.image_token_len
+        if n_pad != expected:
             raise ValueError(
                 f"the tokenizer turned {num_images} image block(s) into {n_pad} <imgpad> ids "
-                f"(expected {num_images * self.config.image_token_len}): tokenizer and model config disagree"
+                f"(expected {expected}): tokenizer and model config disagree"
             )
         return ids
 
-    def __call__(self, images: list[ImageInput], instructions: list[str] | str = "") -> dict[str, torch.Tensor]:
-        """One image + instruction per sample -> a left-padded generation batch."""
+    def __call__(
+        self, images: list[ImageInput], instructions: list[str] | str = "", crop: bool = False,
+        max_tiles: int = DEFAULT_MAX_TILES,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """One image + instruction per sample -> a left-padded generation batch.
+
+        `crop`: multi-crop mode; each sample's tiles (their number may differ from page to page) follow each
+        other in `pixel_values`, in the order of their <imgpad> runs, which is the order the model splices them.
+        """
         if isinstance(instructions, str):
             instructions = [instructions] * len(images)
         if len(instructions) != len(images):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        if crop:
+            if self.config.clip_config is not None:
+                raise ValueError("multi-crop mode is for models without a CLIP branch (GOT-OCR2)")
+            pixels = [self.crop_tensors(im, max_tiles) for im in images]
+            rows = [self.prompt_ids(text, tiles=len(p)) for text, p in zip(instructions, pixels, strict=True)]
+            batch = left_pad(rows, self.tokenizer.pad_token_id or 0)
+            batch["pixel_values"] = torch.cat(pixels)
+            return batch
         rows = [self.prompt_ids(text) for text in instructions]
         batch = left_pad(rows, self.tokenizer.pad_token_id or 0)
         batch["pixel_values"] = torch.stack([self.image_tensor(im) for im in images])

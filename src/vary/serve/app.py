@@ -1,6 +1,7 @@
 """HTTP API and demo page over one shared Pipeline (FastAPI).
 
     POST /v1/ocr          multipart: file (image or PDF), task, pages, question -> JSON, one entry per page
+                          (GOT-OCR2 models also: box "x1,y1,x2,y2" in page pixels, color, crop, max_tiles)
     POST /v1/ocr/stream   the same form -> server-sent events: page, delta (text chunks), done, end | error
     POST /v1/chat         JSON {image: base64 | data URL, messages | question} or multipart (image + ...)
     GET  /health          model, device, queue use
@@ -35,13 +36,15 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vary
-from vary.infer.cli import Task
+from vary.infer.cli import Color, Task
 from vary.infer.documents import Document, DocumentError, is_pdf
 from vary.infer.pipeline import Pipeline, page_record
 from vary.modeling.processor import ImageError
+from vary.prompts import PromptError, parse_box
 
 STATIC = Path(__file__).parent / "static"
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file, allowed over the upload limit
+MAX_TILES_LIMIT = 12  # multi-crop tiles a client may ask for per page (each is a full image-encoder pass)
 
 
 class PageResult(BaseModel):
@@ -143,9 +146,11 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
             )
         return doc
 
-    def check_task(task: Task, question: str | None) -> None:
+    def check_task(task: Task, question: str | None, options: dict | None = None) -> None:
+        options = options or {}
+        box = None if options.get("box") is None else [0, 0, 1, 1]  # the pixel box is checked per page
         try:
-            pipeline.instruction(task.value, question or None)
+            pipeline.instruction(task.value, question or None, box, options.get("color"), options.get("crop"))
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
 
@@ -165,11 +170,16 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         pages: str | None = Form(None, description="PDF pages, e.g. 1-3,7 (default: all)"),
         question: str | None = Form(None, description="for task ask"),
         max_new_tokens: int | None = Form(None, ge=1),
+        box: str | None = Form(None, description="GOT-OCR2: only the text in x1,y1,x2,y2 (page pixels)"),
+        color: Color | None = Form(None, description="GOT-OCR2: only the text of this colour"),
+        crop: bool | None = Form(None, description="GOT-OCR2: multi-crop mode (default: the server's)"),
+        max_tiles: int | None = Form(None, ge=1, le=MAX_TILES_LIMIT, description="most tiles per page with crop"),
     ) -> OcrResponse:
         """Every selected page of the upload -> text (or a chart dict, or an answer)."""
-        check_task(task, question)
+        options = _prompt_options(box, color, crop, max_tiles)
+        check_task(task, question, options)
         doc = await open_upload(file, pages)
-        overrides = _budget(pipeline, max_new_tokens)
+        overrides = _budget(pipeline, max_new_tokens) | options
         start = time.perf_counter()
         async with admitted():
             records = await to_thread.run_sync(_run_document, pipeline, doc, task.value, question or None, overrides)
@@ -183,11 +193,16 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         pages: str | None = Form(None),
         question: str | None = Form(None),
         max_new_tokens: int | None = Form(None, ge=1),
+        box: str | None = Form(None),
+        color: Color | None = Form(None),
+        crop: bool | None = Form(None),
+        max_tiles: int | None = Form(None, ge=1, le=MAX_TILES_LIMIT),
     ) -> StreamingResponse:
         """Like /v1/ocr, as server-sent events: `page`, `delta` {text}, `done` {the page's result}, `end`."""
-        check_task(task, question)
+        options = _prompt_options(box, color, crop, max_tiles)
+        check_task(task, question, options)
         doc = await open_upload(file, pages)
-        overrides = _budget(pipeline, max_new_tokens)
+        overrides = _budget(pipeline, max_new_tokens) | options
         if not admission.try_acquire():
             raise admission.busy_error()
         events = _stream_events(pipeline, doc, task.value, question or None, overrides)
@@ -213,6 +228,15 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+def _prompt_options(box: str | None, color: Color | None, crop: bool | None, max_tiles: int | None) -> dict:
+    """GOT-OCR2's prompt options from form fields, for Pipeline.run_pages / stream (422 on a malformed box)."""
+    try:
+        pixels = parse_box(box) if box else None
+    except PromptError as err:
+        raise HTTPException(422, str(err)) from None
+    return {"box": pixels, "color": color.value if color else None, "crop": crop, "max_tiles": max_tiles}
+
+
 def _budget(pipeline: Pipeline, max_new_tokens: int | None) -> dict:
     """A client may ask for fewer new tokens than the server's default (`vary serve --max-new-tokens`), not more."""
     if not max_new_tokens:
@@ -230,7 +254,7 @@ def _run_document(pipeline: Pipeline, doc: Document, task: str, question: str | 
         return [
             page_record(page, result, task) for page, result in pipeline.run_pages(doc, task, question, **overrides)
         ]
-    except (DocumentError, ImageError) as err:
+    except (DocumentError, ImageError, PromptError) as err:
         raise HTTPException(422, str(err)) from None
 
 
@@ -249,7 +273,7 @@ async def _stream_events(
                 yield _sse("delta", {"page": page.number, "text": chunk})
             yield _sse("done", page_record(page, stream.result, task))
         yield _sse("end", {"pages": len(doc), "seconds": round(time.perf_counter() - start, 3)})
-    except (DocumentError, ImageError) as err:
+    except (DocumentError, ImageError, PromptError) as err:
         yield _sse("error", {"error": str(err), "status": 422})
     except Exception as err:  # the response has started: report in-band, as an event
         yield _sse("error", {"error": f"{err.__class__.__name__}: {err}", "status": 500})
