@@ -62,7 +62,7 @@ class PromptError(ValueError):
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    """"x1,y1,x2,y2" (pixels, as the CLI and the HTTP form take it) -> four numbers."""
+    """ "x1,y1,x2,y2" (pixels, as the CLI and the HTTP form take it) -> four numbers."""
     try:
         box = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
