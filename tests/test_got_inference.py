@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optim
 from typer.testing import CliRunner
 
 import vary
+from tests_paths import CONFORMANCE_DIR
 from vary.cli import app as cli_app
 from vary.infer.generation import NoRepeatNGram
 from vary.infer.pipeline import Pipeline
@@ -155,6 +157,22 @@ def test_vary_models_keep_their_prompts(vary_pipe, tiny_model_dir):
     assert "</img>Provide the OCR results of this image.<|im_end|>" in processor.prompt(
         "Provide the OCR results of this image."
     )
+
+
+GOT_CASES = sorted(CONFORMANCE_DIR.glob("got_ocr2_*/case.json"))
+
+
+@pytest.mark.skipif(not GOT_CASES, reason="no GOT-OCR2 conformance cases in $VARY_CONFORMANCE_DIR")
+def test_got_prompt_equals_the_official_demo_prompt():
+    """The prompt text the official GOT code built for the conformance cases (same query -> same text)."""
+    tasks = {query: task for task, query in PROMPT_STYLES["got"].tasks.items()}
+    for path in GOT_CASES:
+        prompt = json.loads(path.read_text())["prompt"]
+        config = vary.preset("got-ocr2")
+        assert (
+            VaryProcessor(config, None).prompt(PROMPT_STYLES["got"].instruction(tasks[prompt["query"]]))
+            == prompt["text"]
+        )
 
 
 @pytest.mark.parametrize("task", ["chart", "ask"])
