@@ -386,6 +386,24 @@ def test_cli_got_options(got_dir, tmp_path):
         assert message in result.output and "Traceback" not in result.output
 
 
+def test_cli_crop_renders_pdf_pages_large_enough_for_the_tiles(got_dir, tmp_path, monkeypatch):
+    from test_infer_documents import make_pdf
+
+    sizes = []
+    crop_tensors = VaryProcessor.crop_tensors
+
+    def record(self, image, max_tiles=6):
+        sizes.append(image.size)
+        return crop_tensors(self, image, max_tiles)
+
+    monkeypatch.setattr(VaryProcessor, "crop_tensors", record)
+    (tmp_path / "a4.pdf").write_bytes(make_pdf(1))  # 595 x 842 pt
+    result = invoke(tmp_path / "a4.pdf", "--model", got_dir, "--crop", "--max-new-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert sizes == [(2171, 3072)]  # longest side CROP_RENDER_SIZE: a 2x3 grid of 1024 px tiles, not upscaled
+    assert tile_grid(*sizes[0], tile_size=1024) == (2, 3)
+
+
 def test_cli_refuses_got_options_for_vary_models(tiny_model_dir, tmp_path):
     image = tmp_path / "page.png"
     image.write_bytes(png(page(64, 64)))

@@ -121,10 +121,10 @@ class PromptStyle:
             return f"[{color}] {query}"
         return query
 
-    def check(self, task: str, box: bool = False, color: str | None = None, crop: bool = False,
+    def check(self, task: str | None, box: bool = False, color: str | None = None, crop: bool = False,
               model: str = "this model") -> None:  # fmt: skip
-        """Raise PromptError (one line) for a task or option this prompt set does not have."""
-        if task not in self.tasks:
+        """Raise PromptError (one line) for a task (None: any) or option this prompt set does not have."""
+        if task is not None and task not in self.tasks:
             raise PromptError(f"{model} ({self.name} prompts) supports tasks {', '.join(self.tasks)}, not {task!r}")
         if (box or color is not None) and not self.fine_grained:
             raise PromptError(f"{model} ({self.name} prompts) has no fine-grained (box / colour) prompts")

@@ -16,6 +16,9 @@ import typer
 
 from vary.assets import bundled_model_dir
 
+# PDF pages in multi-crop mode are rendered larger than the usual 1024 px: GOT's tiles are 1024 px each, and an
+# A4/Letter page gets a 2x3 grid, which this fills without upscaling.
+CROP_RENDER_SIZE = 3072
 EXTENSIONS = {"ocr": ".txt", "markdown": ".md", "chart": ".json", "ask": ".txt"}
 NO_MODEL_MESSAGE = (
     "no model folder: pass --model DIR. Any local Vary folder works: one written by `vary train`, an "
@@ -141,7 +144,7 @@ def ocr_command(
     no_repeat_ngram_size: int | None = typer.Option(None, "--no-repeat-ngram-size", min=0, help="ban repeated n-grams of this size (0: off; default: the model's, 20 for GOT-OCR2)"),
 ) -> None:  # fmt: skip
     """Read text, markdown, chart data or answers from images and PDF pages."""
-    from vary.infer.documents import DocumentError, open_documents
+    from vary.infer.documents import RENDER_SIZE, DocumentError, open_documents
     from vary.infer.pipeline import Pipeline
     from vary.modeling.official import CheckpointError
     from vary.modeling.tokenizer import TokenizerError
@@ -157,7 +160,8 @@ def ocr_command(
     if no_repeat_ngram_size is not None:
         options["no_repeat_ngram_size"] = no_repeat_ngram_size
     try:
-        documents = open_documents(paths, pages)  # check every input before spending time on the model
+        render_size = CROP_RENDER_SIZE if crop else RENDER_SIZE
+        documents = open_documents(paths, pages, render_size)  # check every input before spending time on the model
         pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype)
         start = time.perf_counter()
         records = ocr_documents(

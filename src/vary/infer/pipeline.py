@@ -135,7 +135,7 @@ class Pipeline:
         self.template = get_template(model.config.template)
         self.prompt_style = get_prompt_style(model.config.prompt_style)
         # Multi-crop mode by default for every call (each call may still choose); see VaryProcessor.crop_tensors.
-        self.prompt_style.check(next(iter(self.prompt_style.tasks)), crop=crop, model=name)
+        self.prompt_style.check(None, crop=crop, model=name)
         self.crop, self.max_tiles = crop, max_tiles
         self._lock = threading.Lock()  # one generate() at a time: the model is shared by threads (server)
 
@@ -258,7 +258,7 @@ class Pipeline:
     def _batch(self, images, instructions, crop: bool | None, max_tiles: int | None) -> dict[str, torch.Tensor]:
         crop = self.crop if crop is None else crop
         if crop:
-            self.prompt_style.check(next(iter(self.prompt_style.tasks)), crop=True, model=self.name)
+            self.prompt_style.check(None, crop=True, model=self.name)
         return self.processor(images, instructions, crop=crop, max_tiles=max_tiles or self.max_tiles)
 
     def _generate(self, batch, task, streamer, cancel, settings: GenerationSettings) -> list[Result]:

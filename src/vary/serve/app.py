@@ -36,8 +36,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vary
-from vary.infer.cli import Color, Task
-from vary.infer.documents import Document, DocumentError, is_pdf
+from vary.infer.cli import CROP_RENDER_SIZE, Color, Task
+from vary.infer.documents import RENDER_SIZE, Document, DocumentError, is_pdf
 from vary.infer.pipeline import Pipeline, page_record
 from vary.modeling.processor import ImageError
 from vary.prompts import PromptError, parse_box
@@ -130,13 +130,14 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         finally:
             admission.release(time.perf_counter() - start)
 
-    async def open_upload(file: UploadFile, pages: str | None) -> Document:
+    async def open_upload(file: UploadFile, pages: str | None, crop: bool | None = None) -> Document:
+        size = CROP_RENDER_SIZE if (pipeline.crop if crop is None else crop) else RENDER_SIZE  # see CROP_RENDER_SIZE
         data = await file.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, f"{file.filename}: upload is over the {max_upload_mb:g} MB limit")
         try:
             doc = await to_thread.run_sync(
-                lambda: Document.open(data, file.filename or "upload", _pages_for(data, pages))
+                lambda: Document.open(data, file.filename or "upload", _pages_for(data, pages), render_size=size)
             )
         except DocumentError as err:
             raise HTTPException(422, str(err)) from None
@@ -178,7 +179,7 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         """Every selected page of the upload -> text (or a chart dict, or an answer)."""
         options = _prompt_options(box, color, crop, max_tiles)
         check_task(task, question, options)
-        doc = await open_upload(file, pages)
+        doc = await open_upload(file, pages, crop)
         overrides = _budget(pipeline, max_new_tokens) | options
         start = time.perf_counter()
         async with admitted():
@@ -201,7 +202,7 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         """Like /v1/ocr, as server-sent events: `page`, `delta` {text}, `done` {the page's result}, `end`."""
         options = _prompt_options(box, color, crop, max_tiles)
         check_task(task, question, options)
-        doc = await open_upload(file, pages)
+        doc = await open_upload(file, pages, crop)
         overrides = _budget(pipeline, max_new_tokens) | options
         if not admission.try_acquire():
             raise admission.busy_error()
