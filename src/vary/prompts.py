@@ -100,7 +100,6 @@ class PromptStyle:
     crop: bool = False  # multi-crop mode (crop_tasks)
     crop_tasks: dict[str, str] = field(default_factory=dict)
     no_repeat_ngram_size: int = 0  # generation default for this family (0: off)
-    questions: bool = True  # free questions (task "ask", chat)
 
     def instruction(
         self,
@@ -139,7 +138,7 @@ class PromptStyle:
 
 
 PROMPT_STYLES: dict[str, PromptStyle] = {
-    # Vary: one instruction per task; every task, questions included ("ask" builds its own, see ask_prompt).
+    # Vary: one instruction per task; questions too ("ask": the question itself, see ask_prompt).
     "vary": PromptStyle("vary", tasks={**TASK_PROMPTS, "ask": ""}),
     # GOT-OCR2: plain and formatted OCR only (charts, tables and formulas all come from "OCR with format: ").
     # no_repeat_ngram_size=20 as in GOT's demo.
@@ -151,7 +150,6 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         crop=True,
         crop_tasks=GOT_CROP_QUERIES,
         no_repeat_ngram_size=20,
-        questions=False,
     ),
 }
 

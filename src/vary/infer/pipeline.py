@@ -43,7 +43,7 @@ from vary.infer.generation import (
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
 from vary.modeling.vary import VaryForCausalLM
-from vary.prompts import TASK_PROMPTS, ask_prompt, box_to_grid, get_prompt_style
+from vary.prompts import ask_prompt, box_to_grid, get_prompt_style
 from vary.templates import get_template
 
 TASKS = ("ocr", "markdown", "chart", "ask")  # plain text, markdown, chart -> dict, short answer to a question
@@ -194,10 +194,6 @@ class Pipeline:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         crop = self.crop if crop is None else crop
         self.prompt_style.check(task, box is not None, color, crop, model=self.name)
-        if self.prompt_style.name != "vary":
-            if question:
-                raise ValueError(f"a question is only used with task 'ask', not {task!r}")
-            return self.prompt_style.instruction(task, box, color, crop, model=self.name)
         if task == "ask":
             if not question or not question.strip():
                 raise ValueError("task 'ask' needs a question")
@@ -210,7 +206,7 @@ class Pipeline:
             return ask_prompt(question)
         if question:
             raise ValueError(f"a question is only used with task 'ask', not {task!r}")
-        return TASK_PROMPTS[task]
+        return self.prompt_style.instruction(task, box, color, crop, model=self.name)
 
     def instructions(
         self,
