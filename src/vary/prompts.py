@@ -100,6 +100,7 @@ class PromptStyle:
     crop: bool = False  # multi-crop mode (crop_tasks)
     crop_tasks: dict[str, str] = field(default_factory=dict)
     no_repeat_ngram_size: int = 0  # generation default for this family (0: off)
+    unsupported_task_hint: str = ""  # appended to the error for a task not in `tasks`
 
     def instruction(
         self,
@@ -124,7 +125,10 @@ class PromptStyle:
               model: str = "this model") -> None:  # fmt: skip
         """Raise PromptError (one line) for a task (None: any) or option this prompt set does not have."""
         if task is not None and task not in self.tasks:
-            raise PromptError(f"{model} ({self.name} prompts) supports tasks {', '.join(self.tasks)}, not {task!r}")
+            raise PromptError(
+                f"{model} ({self.name} prompts) supports tasks {', '.join(self.tasks)}, not {task!r}"
+                + (f" ({self.unsupported_task_hint})" if self.unsupported_task_hint else "")
+            )
         if (box or color is not None) and not self.fine_grained:
             raise PromptError(f"{model} ({self.name} prompts) has no fine-grained (box / colour) prompts")
         if box and color is not None:
@@ -150,6 +154,7 @@ PROMPT_STYLES: dict[str, PromptStyle] = {
         crop=True,
         crop_tasks=GOT_CROP_QUERIES,
         no_repeat_ngram_size=20,
+        unsupported_task_hint="GOT-OCR2 answers no questions; it reads charts, tables and formulas with task markdown",
     ),
 }
 
