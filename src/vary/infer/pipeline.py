@@ -208,6 +208,18 @@ class Pipeline:
             raise ValueError(f"a question is only used with task 'ask', not {task!r}")
         return self.prompt_style.instruction(task, box, color, crop, model=self.name)
 
+    def check_prompt(
+        self,
+        task: str,
+        question: str | None = None,
+        box: tuple[float, ...] | None = None,
+        color: str | None = None,
+        crop: bool | None = None,
+    ) -> None:
+        """Raise (a one-line ValueError) for a task or option this model has no prompt for, before any image
+        work; a pixel box itself is checked against each image later."""
+        self.instruction(task, question, None if box is None else [0, 0, 0, 0], color, crop)
+
     def instructions(
         self,
         images: list[ImageInput],
@@ -221,7 +233,7 @@ class Pipeline:
         size, so the images are opened here (and returned opened, not read twice)."""
         if box is None:
             return images, [self.instruction(task, question, None, color, crop)] * len(images)
-        self.instruction(task, question, [0, 0, 1, 1], color, crop)  # a refused option fails before any image work
+        self.check_prompt(task, question, box, color, crop)  # a refused option fails before any image is opened
         opened = [load_image(image, self.processor.max_pixels) for image in images]
         grids = [box_to_grid(box, image.width, image.height) for image in opened]
         return opened, [self.instruction(task, question, grid, color, crop) for grid in grids]
@@ -352,7 +364,7 @@ class Pipeline:
     ) -> Iterator[tuple[Page, Result]]:
         """Document pages (see documents.py) in batches, rendered lazily; yields (page, result) in order.
         Options as for run_batch; a box is in the pixels of each rendered page."""
-        self.instruction(task, question, None if box is None else [0, 0, 1, 1], color, crop)  # fail before rendering
+        self.check_prompt(task, question, box, color, crop)  # fail before rendering any page
         pages = list(pages)
         for start in range(0, len(pages), batch_size):
             chunk = pages[start : start + batch_size]

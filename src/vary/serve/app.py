@@ -149,9 +149,9 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
 
     def check_task(task: Task, question: str | None, options: dict | None = None) -> None:
         options = options or {}
-        box = None if options.get("box") is None else [0, 0, 1, 1]  # the pixel box is checked per page
         try:
-            pipeline.instruction(task.value, question or None, box, options.get("color"), options.get("crop"))
+            pipeline.check_prompt(task.value, question or None, options.get("box"), options.get("color"),
+                                  options.get("crop"))  # fmt: skip
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
 
