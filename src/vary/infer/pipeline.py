@@ -32,6 +32,7 @@ from vary.infer.generation import (
     clean_text,
     generated_ids,
 )
+from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import ImageInput, VaryProcessor
 from vary.modeling.vary import VaryForCausalLM
@@ -129,7 +130,8 @@ class Pipeline:
     def from_pretrained(
         cls, path: str | Path | None = None, device: str = "cpu", dtype: str | torch.dtype | None = None, **settings
     ) -> Pipeline:
-        """Load a local model folder (ours or official; None: the bundled model); `settings` are GenerationSettings."""
+        """Load a model: a local folder (ours or official), a hub id `org/name[@revision]` or a known name
+        (`vary models`); None: the bundled model. `settings` are GenerationSettings."""
         if path is None:
             path = bundled_model_dir()
             if path is None:
@@ -140,7 +142,8 @@ class Pipeline:
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.
         model.enable_fast_cpu_path(device == "cpu")
-        return cls(model.to(device), processor, GenerationSettings(**settings), name=Path(path).name)
+        name = model_name(path) if Path(path).expanduser().is_dir() else str(path)  # a hub spec names itself
+        return cls(model.to(device), processor, GenerationSettings(**settings), name=name)
 
     # --- properties -------------------------------------------------------------------------------------
     @property
