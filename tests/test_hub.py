@@ -139,7 +139,8 @@ class FakeHub:
         folder = repo["commits"][commit]
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         if api and match.group(2) == "revision":
-            info = {"id": match.group(1), "sha": commit, "private": False, "siblings": [{"rfilename": f} for f in files]}
+            siblings = [{"rfilename": f} for f in files]
+            info = {"id": match.group(1), "sha": commit, "private": False, "siblings": siblings}
             return self.send(request, 200, json.dumps(info).encode(), body=body)
         if api:
             tree = [{"type": "file", "path": f, "size": (folder / f).stat().st_size, "oid": _oid(folder / f)}
@@ -291,6 +292,29 @@ def test_pipeline_and_load_accept_hub_ids(in_process_hub, image):
     expected = load_official(served["folders"]["main"]).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
     assert hub.model_name(hub.resolve_model(REPO)) == f"{REPO}@{served['commits']['main'][:7]}"
+
+
+def test_serve_eval_and_convert_accept_hub_ids(in_process_hub, tmp_path, monkeypatch):
+    import uvicorn
+
+    import vary
+    from vary.eval.baselines import get_predictor
+
+    served = in_process_hub
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda asgi, **kwargs: calls.append(asgi))
+    result = CliRunner().invoke(app, ["serve", "--model", f"{REPO}@v1"])
+    assert result.exit_code == 0, result.output
+    # the server's name is the snapshot's repo and commit
+    assert calls[0].state.pipeline.name == f"{REPO}@{served['commits']['v1'][:7]}"
+
+    assert get_predictor(f"{REPO}@v1").name == f"{REPO}@v1"
+
+    result = CliRunner().invoke(app, ["convert", f"{REPO}@v1", str(tmp_path / "ours")])
+    assert result.exit_code == 0, result.output
+    expected = load_official(served["folders"]["v1"]).state_dict()
+    converted = vary.load_model(tmp_path / "ours").state_dict()
+    assert all(torch.equal(converted[key], value) for key, value in expected.items())
 
 
 def test_unknown_revision_and_repo_are_one_line_errors(in_process_hub):
