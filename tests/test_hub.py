@@ -226,6 +226,7 @@ def test_ocr_from_hub_id_then_offline_from_cache(served, image, tmp_path):
     first = run_vary("ocr", str(image), "--model", REPO, *FAST, env=hub_env(fake.url, home))
     assert first.returncode == 0, first.stderr
     assert first.stdout == expected  # the downloaded model reads the page exactly as the folder it came from
+    assert "Fetching" in first.stderr  # huggingface_hub's progress bar (quiet_loading must come after it)
     snapshot = home / "hub" / "models--tiny-org--tiny-vary" / "snapshots" / served["commits"]["main"]
     assert snapshot.is_dir()
     served_files = {p.name for p in served["folders"]["main"].iterdir()}
@@ -315,6 +316,22 @@ def test_serve_eval_and_convert_accept_hub_ids(in_process_hub, tmp_path, monkeyp
     expected = load_official(served["folders"]["v1"]).state_dict()
     converted = vary.load_model(tmp_path / "ours").state_dict()
     assert all(torch.equal(converted[key], value) for key, value in expected.items())
+
+
+def test_registry_name_loads_with_its_defaults(in_process_hub, monkeypatch):
+    """A known name reaches its repo at its revision, with the preprocessing/template its config.json lacks."""
+    import vary
+    from vary.config import CLIP_MEAN
+
+    entry = hub.KnownModel(name="tiny", repo_id=REPO, revision="v1", architecture="varyOPTForCausalLM",
+                           parameters="1 M", languages="en", license="MIT", good_at="tests",
+                           defaults={"image_norm": "clip", "template": "vicuna_v1"})  # fmt: skip
+    monkeypatch.setitem(hub.REGISTRY, "tiny", entry)
+    model, processor = vary.load("tiny")
+    assert model.config.template == "vicuna_v1" and list(model.config.image_mean) == list(CLIP_MEAN)
+    expected = load_official(in_process_hub["folders"]["v1"]).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+    assert vary.load_model("tiny", template="plain").config.template == "plain"  # the caller's overrides win
 
 
 def test_unknown_revision_and_repo_are_one_line_errors(in_process_hub):
