@@ -334,6 +334,18 @@ def test_registry_name_loads_with_its_defaults(in_process_hub, monkeypatch):
     assert vary.load_model("tiny", template="plain").config.template == "plain"  # the caller's overrides win
 
 
+def test_an_incomplete_cache_is_reported_then_completed(in_process_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    snapshot = hub.resolve_model(f"{REPO}@v1")
+    (snapshot / "tokenizer.json").unlink()  # as after an interrupted download
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(hub.HubError, match=r"^cannot load .*@v1: its copy in the cache .* is incomplete"):
+        hub.resolve_model(f"{REPO}@v1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert hub.resolve_model(f"{REPO}@v1") == snapshot and (snapshot / "tokenizer.json").is_file()
+
+
 def test_unknown_revision_and_repo_are_one_line_errors(in_process_hub):
     with pytest.raises(hub.HubError, match=r"has no revision 'nope'"):
         hub.resolve_model(f"{REPO}@nope")
