@@ -4,7 +4,8 @@ The stand-in (FakeHub) is a small threaded http.server on 127.0.0.1 that this mo
 the four calls huggingface_hub's snapshot_download makes (revision info, file tree, HEAD/GET resolve). It serves
 repositories built by the functions in REPO_BUILDERS: today a tiny random Vary-tiny in the official layout
 (varyOPTForCausalLM, official key names) with a remote-code .py file beside it. A builder for a tiny GOT-OCR2
-repository (either format) can be added to REPO_BUILDERS once its loader exists: every test runs per builder.
+repository (either format) can be added to REPO_BUILDERS once its loader exists: every test that uses `served`
+runs per builder, and compares what the hub gave against vary.load_model on the served folder itself.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+import vary
 from conftest import TOKENIZER_TEXT, tiny_config
 from test_infer_documents import make_png
 from test_train_init import official_sam_names
@@ -281,7 +283,6 @@ def in_process_hub(served, tmp_path, monkeypatch):
 
 
 def test_pipeline_and_load_accept_hub_ids(in_process_hub, image):
-    import vary
     from vary.infer.pipeline import Pipeline
 
     served = in_process_hub
@@ -290,7 +291,7 @@ def test_pipeline_and_load_accept_hub_ids(in_process_hub, image):
     reference = Pipeline.from_pretrained(served["folders"]["v1"])
     assert pipe.ocr(image, max_new_tokens=8) == reference.ocr(image, max_new_tokens=8)
     model, processor = vary.load(REPO)  # main
-    expected = load_official(served["folders"]["main"]).state_dict()
+    expected = vary.load_model(served["folders"]["main"]).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
     assert hub.model_name(hub.resolve_model(REPO)) == f"{REPO}@{served['commits']['main'][:7]}"
 
@@ -298,7 +299,6 @@ def test_pipeline_and_load_accept_hub_ids(in_process_hub, image):
 def test_serve_eval_and_convert_accept_hub_ids(in_process_hub, tmp_path, monkeypatch):
     import uvicorn
 
-    import vary
     from vary.eval.baselines import get_predictor
 
     served = in_process_hub
@@ -313,14 +313,13 @@ def test_serve_eval_and_convert_accept_hub_ids(in_process_hub, tmp_path, monkeyp
 
     result = CliRunner().invoke(app, ["convert", f"{REPO}@v1", str(tmp_path / "ours")])
     assert result.exit_code == 0, result.output
-    expected = load_official(served["folders"]["v1"]).state_dict()
+    expected = vary.load_model(served["folders"]["v1"]).state_dict()
     converted = vary.load_model(tmp_path / "ours").state_dict()
     assert all(torch.equal(converted[key], value) for key, value in expected.items())
 
 
 def test_registry_name_loads_with_its_defaults(in_process_hub, monkeypatch):
     """A known name reaches its repo at its revision, with the preprocessing/template its config.json lacks."""
-    import vary
     from vary.config import CLIP_MEAN
 
     entry = hub.KnownModel(name="tiny", repo_id=REPO, revision="v1", architecture="varyOPTForCausalLM",
@@ -329,7 +328,7 @@ def test_registry_name_loads_with_its_defaults(in_process_hub, monkeypatch):
     monkeypatch.setitem(hub.REGISTRY, "tiny", entry)
     model, processor = vary.load("tiny")
     assert model.config.template == "vicuna_v1" and list(model.config.image_mean) == list(CLIP_MEAN)
-    expected = load_official(in_process_hub["folders"]["v1"]).state_dict()
+    expected = vary.load_model(in_process_hub["folders"]["v1"]).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
     assert vary.load_model("tiny", template="plain").config.template == "plain"  # the caller's overrides win
 
