@@ -2,6 +2,7 @@
 
     import vary
     model, processor = vary.load("path/to/model")          # ours or an official checkpoint folder
+    model, processor = vary.load("HaoranWei/Vary-toy")     # or a hub id org/name[@rev], or a `vary models` name
     config = vary.preset("nano"); model = vary.VaryForCausalLM(config)
 
 Public names are imported lazily, so `vary data ...` and other torch-free paths start fast.

@@ -24,32 +24,61 @@ def _main() -> None:
 
 @app.command("convert")
 def convert_command(
-    src: Path = typer.Argument(..., help="official Vary checkpoint folder, or one of ours (to change its dtype)"),
+    src: str = typer.Argument(..., help="official Vary checkpoint or one of ours (to change its dtype): a folder, a hub id org/name[@revision] or a name from `vary models`"),
     dst: Path = typer.Argument(..., help="output folder (our format: config.json + model.safetensors + tokenizer)"),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16 (float16 halves a model for shipping)"),
     image_norm: str | None = typer.Option(
         None,
         help="official checkpoints' high-res preprocessing: 'imagenet' (the default; Vary-base demo) or 'clip' "
-        "(Vary-tiny-opt125M, Vary-toy); ours carry their own",
+        "(Vary-tiny-opt125M, Vary-toy; known names set it); ours carry their own",
     ),
-) -> None:
+) -> None:  # fmt: skip
     """Convert an official Vary checkpoint to our format, or re-save one of ours at another dtype."""
     import torch
 
-    from vary.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+    from vary.infer.cli import resolve_model
+    from vary.modeling.hub import image_norm_overrides
     from vary.modeling.loading import convert
     from vary.modeling.official import CheckpointError
 
-    norms = {"imagenet": dict(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, image_resample="bilinear"),
-             "clip": dict(image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic")}  # fmt: skip
-    if image_norm not in (None, *norms) or dtype not in ("float32", "float16", "bfloat16"):
-        raise typer.BadParameter(f"--image-norm must be one of {sorted(norms)}; --dtype float32/float16/bfloat16")
+    if image_norm not in (None, "imagenet", "clip") or dtype not in ("float32", "float16", "bfloat16"):
+        raise typer.BadParameter("--image-norm must be one of ['clip', 'imagenet']; --dtype float32/float16/bfloat16")
+    src_dir = resolve_model(src)  # a hub snapshot keeps its registry defaults (loading.locate), under --image-norm
     try:
-        out = convert(src, dst, dtype=getattr(torch, dtype), **(norms[image_norm] if image_norm else {}))
+        out = convert(
+            src_dir, dst, dtype=getattr(torch, dtype), **(image_norm_overrides(image_norm) if image_norm else {})
+        )
     except CheckpointError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     typer.echo(f"wrote {out}")
+
+
+@app.command("models")
+def models_command(
+    as_json: bool = typer.Option(False, "--json", help="print the registry as JSON instead of a table"),
+) -> None:
+    """List the known models: short names usable as --model, with their hub id, size, languages and license."""
+    import json
+
+    from vary.modeling.hub import REVISION_NOTE, registry_rows
+
+    rows = registry_rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    title = "Known models (--model NAME or NAME@REVISION); any hub id org/name@revision works too"
+    caption = None if all(row["pinned"] for row in rows) else REVISION_NOTE
+    table = Table(title=title, caption=caption)
+    for column in ("name", "hub id @ revision", "architecture", "params", "languages", "license", "good at"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["name"], f"{row['repo_id']}@{row['revision']}", row["architecture"], row["parameters"],
+                      row["languages"], row["license"], row["good_at"])  # fmt: skip
+    Console().print(table)
 
 
 # --- sub-command registrations (one line per stage; each module keeps torch imports inside its commands) ---

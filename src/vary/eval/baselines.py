@@ -6,6 +6,7 @@ builds one from a command-line spec:
   "tesseract:LANG"       Tesseract with a fixed language, e.g. "tesseract:eng", "tesseract:chi_sim+eng"
   "rapidocr"             RapidOCR (PP-OCRv4 ONNX models shipped in the rapidocr-onnxruntime wheel)
   a model directory      vary.infer.pipeline.Pipeline.from_pretrained(directory)
+  org/name[@rev], a name the same, from the hub's cache or downloaded (vary.modeling.hub, `vary models`)
 OCR engines cannot answer questions or turn a chart into a python dict: for tasks "ask" and "chart" they
 raise `UnsupportedTask`, which the runner reports as "n/a" instead of a zero score. For every other task
 they return their plain OCR text (on "natural" photos too, scored against the nature sentences).
@@ -229,11 +230,17 @@ def get_predictor(spec: str) -> Predictor:
         return TesseractPredictor(lang=spec.partition(":")[2] or "auto")
     if spec == "rapidocr":
         return RapidOCRPredictor()
-    path = Path(spec)
-    if path.is_dir():
-        from vary.infer.pipeline import Pipeline  # the model stack loads only when a model is evaluated
+    from vary.modeling.hub import UnknownModelError, resolve_model
 
-        return PipelinePredictor(Pipeline.from_pretrained(path), name=path.name)
-    raise ValueError(
-        f"unknown model spec {spec!r}: use 'tesseract', 'tesseract:LANG', 'rapidocr' or an existing model directory"
-    )
+    unknown = (f"unknown model spec {spec!r}: use 'tesseract', 'tesseract:LANG', 'rapidocr', an existing model "
+               "directory, a hub id org/name[@revision] or a name from `vary models`")  # fmt: skip
+    try:
+        path = resolve_model(spec)  # downloads a hub id; other HubErrors (no connection, ...) are ValueErrors
+    except UnknownModelError:
+        raise ValueError(unknown) from None
+    if not path.is_dir():
+        raise ValueError(unknown)
+    from vary.infer.pipeline import Pipeline  # the model stack loads only when a model is evaluated
+
+    name = path.name if Path(spec).expanduser().is_dir() else spec  # hub models keep the name they were given as
+    return PipelinePredictor(Pipeline.from_pretrained(path), name=name)

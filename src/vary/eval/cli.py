@@ -12,7 +12,7 @@ eval_app = typer.Typer(help="Score models and OCR baselines with the paper's met
 @eval_app.command("run")
 def run_cmd(
     data: Path = typer.Option(..., "--data", help="dataset: shards (.tar / folder), DocVQA or ChartQA .json, or a folder of images + .txt/.md"),
-    model: list[str] = typer.Option(..., "--model", help="tesseract, tesseract:LANG, rapidocr, or a model directory; repeatable"),
+    model: list[str] = typer.Option(..., "--model", help="tesseract, tesseract:LANG, rapidocr, a model directory, a hub id org/name[@revision] or a name from `vary models`; repeatable"),
     out: Path = typer.Option(..., "--out", help="output folder for report.md, results.json, plot.png"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="score only the first N records"),
     fox_compatible: bool = typer.Option(False, "--fox-compatible", help="swap (prediction, reference) as the public Fox/GOT scripts do"),

@@ -22,9 +22,10 @@ CROP_RENDER_SIZE = 3072
 EXTENSIONS = {"ocr": ".txt", "markdown": ".md", "chart": ".json", "ask": ".txt"}
 NO_MODEL_MESSAGE = (
     "no model folder: pass --model DIR. Any local Vary folder works: one written by `vary train`, an "
-    "official checkpoint, or one converted with `vary convert SRC DST` (this install has no bundled model in "
-    "vary/assets/model)."
+    "official checkpoint, or one converted with `vary convert SRC DST`; so does a hub id org/name[@revision] "
+    "or a known name from `vary models` (this install has no bundled model in vary/assets/model)."
 )
+MODEL_HELP = "model folder (ours or official), hub id org/name[@revision], or a name from `vary models`; default: the bundled model"
 
 
 class Task(StrEnum):
@@ -54,14 +55,23 @@ def box_option(value: str | None) -> tuple[float, float, float, float] | None:
         raise typer.BadParameter(str(err), param_hint="--box") from None
 
 
-def resolve_model(model: Path | None) -> Path:
-    """--model, else the bundled model; exits with a clear message when there is neither."""
+def resolve_model(model: str | None) -> Path:
+    """--model as a local folder (downloading a hub id or known name), else the bundled model; a one-line
+    error and exit 2 when there is neither or the download fails. Call before quiet_loading(): downloads
+    keep their progress bars."""
+    from vary.modeling.hub import HubError
+    from vary.modeling.hub import resolve_model as resolve_spec
+
     if model is None:
         model = bundled_model_dir()
     if model is None:
         typer.secho(f"error: {NO_MODEL_MESSAGE}", fg="red", err=True)
         raise typer.Exit(2)
-    return model
+    try:
+        return resolve_spec(model)
+    except HubError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
 
 
 def quiet_loading() -> None:
@@ -130,7 +140,7 @@ def ocr_command(
     paths: list[Path] = typer.Argument(..., help="images and/or PDFs"),
     task: Task = typer.Option(Task.ocr, "--task", help="ocr: plain text, markdown, chart: python-dict -> JSON, ask: answer --question"),
     question: str | None = typer.Option(None, "--question", "-q", help="the question for --task ask"),
-    model: Path | None = typer.Option(None, "--model", help="model folder (ours or official); default: the bundled model"),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     pages: str | None = typer.Option(None, "--pages", help="PDF pages, e.g. 1-3,7 or 5- (default: all)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16/fp16 on GPU)"),
@@ -150,8 +160,6 @@ def ocr_command(
     from vary.modeling.tokenizer import TokenizerError
     from vary.prompts import PromptError
 
-    quiet_loading()
-    model_dir = resolve_model(model)
     if task is Task.ask and not question:
         raise typer.BadParameter("--task ask needs --question", param_hint="--question")
     if task is not Task.ask and question:
@@ -159,6 +167,8 @@ def ocr_command(
     options = dict(box=box_option(box), color=color.value if color else None, crop=crop, max_tiles=crop_max_tiles)
     if no_repeat_ngram_size is not None:
         options["no_repeat_ngram_size"] = no_repeat_ngram_size
+    model_dir = resolve_model(model)  # may download: after the arguments are checked, so a typo wastes nothing
+    quiet_loading()
     try:
         render_size = CROP_RENDER_SIZE if crop else RENDER_SIZE
         documents = open_documents(paths, pages, render_size)  # check every input before spending time on the model

@@ -40,6 +40,7 @@ from vary.infer.generation import (
     clean_text,
     generated_ids,
 )
+from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
 from vary.modeling.vary import VaryForCausalLM
@@ -149,7 +150,8 @@ class Pipeline:
         max_tiles: int = DEFAULT_MAX_TILES,
         **settings,
     ) -> Pipeline:
-        """Load a local model folder (ours or official; None: the bundled model); `settings` are GenerationSettings."""
+        """Load a model: a local folder (ours or official), a hub id `org/name[@revision]` or a known name
+        (`vary models`); None: the bundled model. `settings` are GenerationSettings."""
         if path is None:
             path = bundled_model_dir()
             if path is None:
@@ -160,7 +162,8 @@ class Pipeline:
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.
         model.enable_fast_cpu_path(device == "cpu")
-        return cls(model.to(device), processor, GenerationSettings(**settings), Path(path).name, crop, max_tiles)
+        name = model_name(path) if Path(path).expanduser().is_dir() else str(path)  # a hub spec names itself
+        return cls(model.to(device), processor, GenerationSettings(**settings), name, crop, max_tiles)
 
     # --- properties -------------------------------------------------------------------------------------
     @property

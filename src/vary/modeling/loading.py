@@ -1,4 +1,5 @@
-"""One entry point for any local Vary folder: ours (save_pretrained) or an official checkpoint."""
+"""One entry point for any Vary model: ours (save_pretrained) or an official checkpoint, in a local folder or on
+the hub (`org/name[@revision]` or a known name, see hub.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import torch
 
+from vary.modeling.hub import loader_defaults, resolve_model
 from vary.modeling.official import CheckpointError, load_official, official_family, read_config
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
@@ -17,9 +19,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "qwen.tiktoken", "
                    "added_tokens.json", "special_tokens_map.json")  # fmt: skip
 
 
+def locate(spec: str | Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The local folder for a model spec (downloaded if needed), and the overrides with the registry's
+    loading defaults for that model underneath them."""
+    return resolve_model(spec), loader_defaults(spec) | overrides
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> VaryForCausalLM:
-    """Load a model folder; official checkpoints are converted on the fly (`overrides` set their preprocessing)."""
-    path = Path(path)
+    """Load a model folder, hub id or known name; official checkpoints are converted on the fly (`overrides` set
+    their preprocessing)."""
+    path, overrides = locate(path, overrides)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
     config = read_config(path)
@@ -37,7 +46,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides
 def load(
     path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any
 ) -> tuple[VaryForCausalLM, VaryProcessor]:
-    """Model + processor (tokenizer included) from a local folder."""
+    """Model + processor (tokenizer included) from a local folder, a hub id or a known name."""
+    path, overrides = locate(path, overrides)
     model = load_model(path, dtype=dtype, **overrides)
     c = model.config
     ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from vary.infer.cli import quiet_loading, resolve_model
+from vary.infer.cli import MODEL_HELP, quiet_loading, resolve_model
 
 
 def serve_command(
-    model: Path | None = typer.Option(None, "--model", help="model folder (ours or official); default: the bundled model"),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, "--port"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
@@ -27,8 +25,8 @@ def serve_command(
     from vary.modeling.tokenizer import TokenizerError
     from vary.serve.app import create_app
 
+    model_dir = resolve_model(model)  # before quiet_loading(): a download keeps its progress bar
     quiet_loading()
-    model_dir = resolve_model(model)
     try:
         pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     except (CheckpointError, TokenizerError, ValueError) as err:
