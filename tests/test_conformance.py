@@ -27,7 +27,9 @@ from vary.modeling.tokenizer import qwen_tokenizer
 BUNDLED = conformance_cases(FIXTURES_DIR / "conformance")
 SHARED = conformance_cases(CONFORMANCE_DIR)
 NO_SHARED = pytest.param(
-    None, id="shared", marks=pytest.mark.skip(reason=f"no conformance cases in {CONFORMANCE_DIR} (set VARY_CONFORMANCE_DIR)")
+    None,
+    id="shared",
+    marks=pytest.mark.skip(reason=f"no conformance cases in {CONFORMANCE_DIR} (set VARY_CONFORMANCE_DIR)"),
 )
 
 

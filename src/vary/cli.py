@@ -24,29 +24,36 @@ def _main() -> None:
 
 @app.command("convert")
 def convert_command(
-    src: Path = typer.Argument(..., help="official Vary checkpoint folder, or one of ours (to change its dtype)"),
-    dst: Path = typer.Argument(..., help="output folder (our format: config.json + model.safetensors + tokenizer)"),
+    src: Path = typer.Argument(
+        ..., help="official Vary / GOT-OCR2 checkpoint folder, transformers' GotOcr2 folder, or one of ours"
+    ),
+    dst: Path = typer.Argument(..., help="output folder (config.json + model.safetensors + tokenizer)"),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16 (float16 halves a model for shipping)"),
+    format: str = typer.Option(
+        "vary", "--format", help="'vary' (our format) or 'hf' (transformers' GotOcr2ForConditionalGeneration)"
+    ),
     image_norm: str | None = typer.Option(
         None,
-        help="official checkpoints' high-res preprocessing: 'imagenet' (the default; Vary-base demo) or 'clip' "
-        "(Vary-tiny-opt125M, Vary-toy); ours carry their own",
+        help="official checkpoints' high-res preprocessing: 'imagenet' (Vary's default; Vary-base demo) or 'clip' "
+        "(Vary-tiny-opt125M, Vary-toy; GOT-OCR2's default); ours carry their own",
     ),
 ) -> None:
-    """Convert an official Vary checkpoint to our format, or re-save one of ours at another dtype."""
+    """Convert an official Vary / GOT-OCR2 checkpoint to our format (or GOT-shaped ones to transformers' GotOcr2),
+    or re-save one of ours at another dtype."""
     import torch
 
     from vary.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
     from vary.modeling.loading import convert
     from vary.modeling.official import CheckpointError
+    from vary.modeling.tokenizer import TokenizerError
 
     norms = {"imagenet": dict(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, image_resample="bilinear"),
              "clip": dict(image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic")}  # fmt: skip
     if image_norm not in (None, *norms) or dtype not in ("float32", "float16", "bfloat16"):
         raise typer.BadParameter(f"--image-norm must be one of {sorted(norms)}; --dtype float32/float16/bfloat16")
     try:
-        out = convert(src, dst, dtype=getattr(torch, dtype), **(norms[image_norm] if image_norm else {}))
-    except CheckpointError as err:
+        out = convert(src, dst, dtype=getattr(torch, dtype), format=format, **(norms[image_norm] if image_norm else {}))
+    except (CheckpointError, TokenizerError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     typer.echo(f"wrote {out}")
