@@ -8,7 +8,6 @@ and compared with ours both ways: same pixels and ids in, logits within 1e-4 and
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -19,27 +18,12 @@ from transformers import AutoTokenizer, GotOcr2Config, GotOcr2ForConditionalGene
 from typer.testing import CliRunner
 
 import vary
+from official_writers import to_official
 from tests_paths import QWEN_TIKTOKEN
 from vary.cli import app
 from vary.config import preset
 from vary.modeling.official import CheckpointError
 from vary.modeling.vary import VaryForCausalLM
-
-# Ours -> the official GOT key layout (the inverse of official.py's rules, written out independently).
-OURS_TO_OFFICIAL = [
-    (r"vision_vocab\.encoder\.patch_embed\.projection\.", "model.vision_tower_high.patch_embed.proj."),
-    (r"vision_vocab\.encoder\.pos_embed", "model.vision_tower_high.pos_embed"),
-    (r"vision_vocab\.encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"model.vision_tower_high.blocks.\1.norm\2."),
-    (r"vision_vocab\.encoder\.layers\.(\d+)\.", r"model.vision_tower_high.blocks.\1."),
-    (r"vision_vocab\.encoder\.neck\.conv1\.", "model.vision_tower_high.neck.0."),
-    (r"vision_vocab\.encoder\.neck\.layer_norm1\.", "model.vision_tower_high.neck.1."),
-    (r"vision_vocab\.encoder\.neck\.conv2\.", "model.vision_tower_high.neck.2."),
-    (r"vision_vocab\.encoder\.neck\.layer_norm2\.", "model.vision_tower_high.neck.3."),
-    (r"vision_vocab\.(net_[23])\.", r"model.vision_tower_high.\1."),
-    (r"projector_vary\.", "model.mm_projector_vary."),
-    (r"language_model\.model\.", "model."),
-    (r"language_model\.lm_head\.", "lm_head."),
-]
 
 
 def got_config(vocab_size: int = 151860, **overrides):
@@ -61,12 +45,7 @@ def write_official_got(folder: Path, seed: int = 0) -> VaryForCausalLM:
     """An official-format GOT folder (config.json, model.safetensors without the tied lm_head, qwen.tiktoken)."""
     torch.manual_seed(seed)
     model = VaryForCausalLM(got_config()).eval()
-    state = {}
-    for key, tensor in model.state_dict().items():
-        if key == "language_model.lm_head.weight":
-            continue  # tied: save_pretrained leaves it out
-        new = next(re.sub("^" + p, r, key) for p, r in OURS_TO_OFFICIAL if re.match(p, key))
-        state[new] = tensor.contiguous()
+    state = to_official(model.state_dict(), "got", drop_tied_head=True)
     folder.mkdir(parents=True)
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     text = model.config.text_config

@@ -202,6 +202,12 @@ def got_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[st
     )  # fmt: skip
 
 
+def is_vary_toy(text_config: dict[str, Any]) -> bool:
+    """Vary-toy's files are Vary-base's layout and config fields; only its decoder, QWen-1.8B (24 layers of
+    2048), tells them apart, and it decides the preprocessing default (Vary-toy: CLIP's; Vary-base: ImageNet's)."""
+    return text_config["hidden_size"] == 2048 and text_config["num_hidden_layers"] == 24
+
+
 def official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: str = "", **overrides: Any) -> VaryConfig:
     """Our VaryConfig for an official config.json + its weights. `overrides` set preprocessing, template, clip heads."""
     family = official_family(cfg)
@@ -229,8 +235,12 @@ def official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: st
                        image_end_token_id=cfg.get("im_end_token", QWEN_IMAGE_TOKENS["image_end_token_id"]),
                        image_patch_token_id=cfg.get("im_patch_token", QWEN_IMAGE_TOKENS["image_patch_token_id"]))  # fmt: skip
     else:
-        fields |= dict(text_config=qwen_text_config(cfg, sd), template="mpt",
+        text = qwen_text_config(cfg, sd)
+        fields |= dict(text_config=text, template="mpt",
                        image_token_len=cfg.get("image_token_len", 256), **QWEN_IMAGE_TOKENS)  # fmt: skip
+        if is_vary_toy(text):
+            # Vary-toy's demo feeds the high-res branch through BlipImageEvalProcessor (bicubic, CLIP mean/std).
+            fields |= dict(image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic")
         if "transformer.vision_tower.vision_model.embeddings.class_embedding" in sd:
             fields["clip_config"] = _clip_config(sd, "transformer.vision_tower.", clip_heads)
     fields |= overrides
