@@ -11,17 +11,19 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, GotOcr2Config, GotOcr2ForConditionalGeneration
+from transformers import AutoImageProcessor, AutoTokenizer, GotOcr2Config, GotOcr2ForConditionalGeneration
 from typer.testing import CliRunner
 
 import vary
 from official_writers import to_official
 from tests_paths import QWEN_TIKTOKEN
 from vary.cli import app
-from vary.config import preset
+from vary.config import IMAGENET_MEAN, IMAGENET_STD, preset
 from vary.modeling.official import CheckpointError
 from vary.modeling.vary import VaryForCausalLM
 
@@ -181,7 +183,8 @@ def test_hf_got_loads_into_vary(tmp_path, layout):
 
 def test_vary_exports_to_hf_got(tmp_path):
     torch.manual_seed(3)
-    config = got_config(vocab_size=300, image_start_token_id=297, image_end_token_id=298, image_patch_token_id=299)
+    config = got_config(vocab_size=300, image_start_token_id=297, image_end_token_id=298, image_patch_token_id=299,
+                        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, image_resample="bilinear")  # fmt: skip
     ours = VaryForCausalLM(config).eval()
     ours.save_pretrained(tmp_path / "ours")
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--format", "hf"])
@@ -191,6 +194,8 @@ def test_vary_exports_to_hf_got(tmp_path):
     _assert_same_outputs(ours, hf, _image_inputs(299))
     # and back: the exported folder loads into ours with the same weights
     back = vary.load_model(tmp_path / "hf")
+    assert (tuple(back.config.image_mean), tuple(back.config.image_std)) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert back.config.image_resample == "bilinear"  # preprocessing travels in preprocessor_config.json
     for key, tensor in ours.state_dict().items():
         assert torch.equal(back.state_dict()[key], tensor), key
 
@@ -206,9 +211,11 @@ def test_official_got_to_hf_keeps_the_tokenizer(official_got, tmp_path):
     assert processor.tokenizer(prompt).input_ids == expected
     assert AutoTokenizer.from_pretrained(tmp_path / "hf")(prompt).input_ids == expected  # transformers reads it too
     preprocessor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
-    assert preprocessor["size"] == {"height": 256, "width": 256} and preprocessor["image_mean"] == list(
-        vary.config.CLIP_MEAN
-    )
+    assert preprocessor["size"] == {"height": 256, "width": 256} and preprocessor["resample"] == 3  # PIL bicubic
+    # transformers' image processor, configured by the export, preprocesses a page as ours does
+    page = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    theirs = AutoImageProcessor.from_pretrained(tmp_path / "hf")(page, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor.image_tensor(page)[None], theirs, atol=1e-6, rtol=0)
     inputs = _prompt_inputs(processor, model.config.image_size)
     hf = GotOcr2ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     _assert_same_outputs(source, hf, inputs)

@@ -29,6 +29,10 @@ from vary.modeling.official import CheckpointError, assign_weights, load_state_d
 
 HF_MODEL_TYPE = "got_ocr2"
 HF_ARCHITECTURE = "GotOcr2ForConditionalGeneration"
+# GotOcr2VisionConfig's fields, every one of which SamVisionConfig has with the same meaning.
+SAM_FIELDS = ("hidden_size", "output_channels", "num_hidden_layers", "num_attention_heads", "num_channels",
+              "image_size", "patch_size", "hidden_act", "layer_norm_eps", "qkv_bias", "use_abs_pos", "use_rel_pos",
+              "window_size", "global_attn_indexes", "mlp_dim")  # fmt: skip
 
 # (transformers module-name prefix, ours); file key names are first renamed to module names by _ON_DISK.
 _HF_TO_OURS = [
@@ -45,6 +49,9 @@ _ON_DISK = [  # file key -> module name
     ("vision_tower.", "model.vision_tower."),
     ("multi_modal_projector.", "model.multi_modal_projector."),
 ]
+
+
+_RESAMPLE_NAMES = {2: "bilinear", 3: "bicubic"}  # PIL's enum values, as preprocessor_config.json stores them
 
 
 def is_hf_got(config: dict[str, Any]) -> bool:
@@ -96,12 +103,14 @@ def _image_token_ids(folder: Path, image_token_index: int) -> dict[str, int]:
 
 
 def _preprocessing(folder: Path) -> dict[str, Any]:
-    """Mean/std from the folder's preprocessor_config.json (GotOcr2ImageProcessor); CLIP's by default, as GOT."""
+    """Mean/std/resampling from the folder's preprocessor_config.json (GotOcr2ImageProcessor); GOT's by default."""
     fields: dict[str, Any] = dict(image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic")
     path = folder / "preprocessor_config.json"
     if path.is_file():
         cfg = json.loads(path.read_text())
         fields |= {k: tuple(cfg[k]) for k in ("image_mean", "image_std") if k in cfg}
+        if cfg.get("resample") in _RESAMPLE_NAMES:
+            fields["image_resample"] = _RESAMPLE_NAMES[cfg["resample"]]
     return fields
 
 
@@ -116,12 +125,9 @@ def hf_config_to_vary(cfg: dict[str, Any], folder: Path, **overrides: Any) -> Va
 
     full = GotOcr2Config(vision_config=vision, text_config=text)  # fills transformers' defaults for absent fields
     v, t = full.vision_config, full.text_config
-    vision_fields = ("hidden_size", "output_channels", "num_hidden_layers", "num_attention_heads", "num_channels",
-                     "image_size", "patch_size", "hidden_act", "layer_norm_eps", "qkv_bias", "use_abs_pos",
-                     "use_rel_pos", "window_size", "global_attn_indexes", "mlp_dim")  # fmt: skip
     grid = v.image_size // v.patch_size // 4  # two stride-2 convs after the neck
     fields: dict[str, Any] = dict(
-        vision_config={k: getattr(v, k) for k in vision_fields},
+        vision_config={k: getattr(v, k) for k in SAM_FIELDS},
         downsample_channels=[2 * v.output_channels, t.hidden_size],
         text_config=t.to_dict(),
         template="mpt",
@@ -164,11 +170,7 @@ def vary_config_to_hf(config: VaryConfig):
         )
     if problems:
         raise CheckpointError("cannot write as GotOcr2ForConditionalGeneration: " + "; ".join(problems))
-    v = config.vision_config
-    vision = {k: getattr(v, k) for k in ("hidden_size", "output_channels", "num_hidden_layers", "num_attention_heads",
-                                         "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps",
-                                         "qkv_bias", "use_abs_pos", "use_rel_pos", "window_size",
-                                         "global_attn_indexes", "mlp_dim")}  # fmt: skip
+    vision = {k: getattr(config.vision_config, k) for k in SAM_FIELDS}
     text = config.text_config.to_dict()
     return GotOcr2Config(vision_config=vision, text_config=text, image_token_index=config.image_patch_token_id,
                          image_seq_length=config.image_token_len,
@@ -178,6 +180,7 @@ def vary_config_to_hf(config: VaryConfig):
 def export_hf_got(model, dst: str | Path, tokenizer=None) -> Path:
     """Write `model` (a VaryForCausalLM of GOT's shape) as a folder GotOcr2ForConditionalGeneration loads."""
     from transformers import GotOcr2ForConditionalGeneration, GotOcr2ImageProcessorPil
+    from transformers.image_utils import PILImageResampling
 
     hf_config = vary_config_to_hf(model.config)
     state = vary_state_dict_to_hf(model.state_dict())
@@ -191,9 +194,10 @@ def export_hf_got(model, dst: str | Path, tokenizer=None) -> Path:
     hf_model.to(next(model.parameters()).dtype)
     dst = Path(dst)
     hf_model.save_pretrained(dst)
-    size = model.config.image_size
-    GotOcr2ImageProcessorPil(size={"height": size, "width": size}, image_mean=list(model.config.image_mean),
-                             image_std=list(model.config.image_std)).save_pretrained(dst)  # fmt: skip
+    c = model.config
+    resample = {"bilinear": PILImageResampling.BILINEAR, "bicubic": PILImageResampling.BICUBIC}[c.image_resample]
+    GotOcr2ImageProcessorPil(size={"height": c.image_size, "width": c.image_size}, resample=resample,
+                             image_mean=list(c.image_mean), image_std=list(c.image_std)).save_pretrained(dst)  # fmt: skip
     if tokenizer is not None:
         tokenizer.save_pretrained(dst)
     return dst
