@@ -130,6 +130,9 @@ def test_official_got_refuses_incomplete_or_foreign_weights(official_got, tmp_pa
     extra = _broken_copy(folder, tmp_path / "extra", add="model.vision_tower_high.extra_head.weight")
     with pytest.raises(CheckpointError, match=r"model\.vision_tower_high\.extra_head\.weight"):
         vary.load_model(extra)
+    no_embeddings = _broken_copy(folder, tmp_path / "no_embeddings", drop="model.embed_tokens.weight")
+    with pytest.raises(CheckpointError, match=r"model\.embed_tokens\.weight.*incomplete"):
+        vary.load_model(no_embeddings)
     result = CliRunner().invoke(app, ["convert", str(missing), str(tmp_path / "out")])
     assert result.exit_code == 2 and "up_proj" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()

@@ -210,6 +210,15 @@ def is_vary_toy(text_config: dict[str, Any]) -> bool:
 
 def official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: str = "", **overrides: Any) -> VaryConfig:
     """Our VaryConfig for an official config.json + its weights. `overrides` set preprocessing, template, clip heads."""
+    try:
+        return _official_config(cfg, sd, source, **overrides)
+    except KeyError as err:  # a weight (or config.json field) the sizes are read from is absent
+        raise CheckpointError(
+            f"{source}: {err} is missing (weights or config.json): the checkpoint is incomplete"
+        ) from err
+
+
+def _official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: str, **overrides: Any) -> VaryConfig:
     family = official_family(cfg)
     if family is None:
         raise CheckpointError(
