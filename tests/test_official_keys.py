@@ -1,4 +1,8 @@
-"""The converter places every key of the full-size official checkpoints (built on the meta device: no memory)."""
+"""The converter places every key of the full-size official checkpoints (built on the meta device: no memory).
+
+The key lists (every key and shape of the released Vary-tiny, Vary-base and GOT-OCR2 state dicts) are small
+copies in tests/fixtures, so these run in any clone.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests_paths import CONFORMANCE_DIR
+from tests_paths import FIXTURES_DIR
 from vary.modeling.official import convert_state_dict, official_config, official_family
 from vary.modeling.vary import VaryForCausalLM
 
@@ -23,6 +27,13 @@ QWEN_7B_CONFIG = {
     "num_attention_heads": 32, "kv_channels": 128, "intermediate_size": 22016, "layer_norm_epsilon": 1e-6,
     "rotary_emb_base": 10000, "rotary_pct": 1.0, "max_position_embeddings": 8192, "vision_select_layer": -2,
 }  # fmt: skip
+# The released GOT-OCR2_0 config.json (Qwen2 fields; the vision sizes are hard-coded in its code).
+GOT_CONFIG = {
+    "architectures": ["GOTQwenForCausalLM"], "model_type": "GOT", "hidden_size": 1024, "intermediate_size": 2816,
+    "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 151860,
+    "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "tie_word_embeddings": True,
+    "im_start_token": 151857, "im_end_token": 151858, "im_patch_token": 151859, "image_token_len": 256,
+}  # fmt: skip
 
 
 def _meta_state_dict(keys_file: Path) -> dict[str, torch.Tensor]:
@@ -35,10 +46,11 @@ def _meta_state_dict(keys_file: Path) -> dict[str, torch.Tensor]:
     [
         ("vary_tiny_opt125m_official_keys.json", OPT_125M_CONFIG),
         ("vary_base_qwen7b_official_keys.json", QWEN_7B_CONFIG),
+        ("got_ocr2_full_keys.json", GOT_CONFIG),
     ],
 )
 def test_every_official_key_has_a_place(keys_name, config):
-    keys_file = CONFORMANCE_DIR / keys_name
+    keys_file = FIXTURES_DIR / keys_name
     assert keys_file.is_file(), f"missing {keys_file}"
     official = _meta_state_dict(keys_file)
     ours_cfg = official_config(config, official, source=keys_name)
@@ -57,5 +69,10 @@ def test_every_official_key_has_a_place(keys_name, config):
     if ours_cfg.clip_config is not None:
         assert ours_cfg.clip_config.num_hidden_layers == 24 and ours_cfg.clip_config.num_attention_heads == 16
         assert ours_cfg.text_config.intermediate_size == 11008 and ours_cfg.projector_out_dim == 2048
+    elif official_family(config) == "got":
+        text = ours_cfg.text_config
+        assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size) == (1024, 24, 2816)
+        assert text.num_key_value_heads == 16 and text.tie_word_embeddings and ours_cfg.projector_out_dim == 1024
+        assert text.rope_parameters["rope_theta"] == 1e6 and ours_cfg.image_resample == "bicubic"
     else:
         assert ours_cfg.text_config.max_position_embeddings == 2048  # 2050 rows: stock OPT positions

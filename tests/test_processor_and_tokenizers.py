@@ -14,7 +14,7 @@ from PIL import Image
 
 import vary
 from conftest import tiny_config
-from tests_paths import CONFORMANCE_DIR
+from tests_paths import FIXTURES_DIR
 from vary.config import IMAGENET_MEAN, IMAGENET_STD
 from vary.modeling.official import CheckpointError
 from vary.modeling.processor import ImageError, VaryProcessor, load_image, normalize
@@ -189,7 +189,7 @@ def test_missing_tokenizer_and_missing_image_tokens(tmp_path):
 
 # --- checkpoint folders -----------------------------------------------------------------------------
 def test_bad_checkpoint_folders_name_the_problem(tmp_path, tiny_model_dir):
-    official = CONFORMANCE_DIR / "vary_tiny_a" / "checkpoint"
+    official = FIXTURES_DIR / "conformance" / "vary_tiny_a" / "checkpoint"  # bundled: runs in any clone
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     shutil.copy(official / "config.json", no_weights / "config.json")
@@ -224,7 +224,7 @@ def test_bad_checkpoint_folders_name_the_problem(tmp_path, tiny_model_dir):
 
 
 def test_bin_checkpoints_load_with_weights_only(tmp_path):
-    official = CONFORMANCE_DIR / "vary_tiny_a" / "checkpoint"
+    official = FIXTURES_DIR / "conformance" / "vary_tiny_a" / "checkpoint"  # bundled: runs in any clone
     from safetensors.torch import load_file
 
     folder = tmp_path / "bin"

@@ -24,31 +24,39 @@ def _main() -> None:
 
 @app.command("convert")
 def convert_command(
-    src: str = typer.Argument(..., help="official Vary checkpoint or one of ours (to change its dtype): a folder, a hub id org/name[@revision] or a name from `vary models`"),
-    dst: Path = typer.Argument(..., help="output folder (our format: config.json + model.safetensors + tokenizer)"),
+    src: str = typer.Argument(
+        ...,
+        help="official Vary / GOT-OCR2 checkpoint, transformers' GotOcr2 folder, or one of ours: a folder, a hub id "
+        "org/name[@revision] or a name from `vary models`",
+    ),
+    dst: Path = typer.Argument(..., help="output folder (config.json + model.safetensors + tokenizer)"),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16 (float16 halves a model for shipping)"),
+    format: str = typer.Option(
+        "vary", "--format", help="'vary' (our format) or 'hf' (transformers' GotOcr2ForConditionalGeneration)"
+    ),
     image_norm: str | None = typer.Option(
         None,
-        help="official checkpoints' high-res preprocessing: 'imagenet' (the default; Vary-base demo) or 'clip' "
-        "(Vary-tiny-opt125M, Vary-toy; known names set it); ours carry their own",
+        help="official checkpoints' high-res preprocessing: 'imagenet' (Vary's default; Vary-base demo) or 'clip' "
+        "(Vary-tiny-opt125M, Vary-toy, GOT-OCR2; known names set it); ours carry their own",
     ),
-) -> None:  # fmt: skip
-    """Convert an official Vary checkpoint to our format, or re-save one of ours at another dtype."""
+) -> None:
+    """Convert an official Vary / GOT-OCR2 checkpoint to our format (or GOT-shaped ones to transformers' GotOcr2),
+    or re-save one of ours at another dtype."""
     import torch
 
     from vary.infer.cli import resolve_model
     from vary.modeling.hub import image_norm_overrides
     from vary.modeling.loading import convert
     from vary.modeling.official import CheckpointError
+    from vary.modeling.tokenizer import TokenizerError
 
     if image_norm not in (None, "imagenet", "clip") or dtype not in ("float32", "float16", "bfloat16"):
         raise typer.BadParameter("--image-norm must be one of ['clip', 'imagenet']; --dtype float32/float16/bfloat16")
     src_dir = resolve_model(src)  # a hub snapshot keeps its registry defaults (loading.locate), under --image-norm
     try:
-        out = convert(
-            src_dir, dst, dtype=getattr(torch, dtype), **(image_norm_overrides(image_norm) if image_norm else {})
-        )
-    except CheckpointError as err:
+        norm = image_norm_overrides(image_norm) if image_norm else {}
+        out = convert(src_dir, dst, dtype=getattr(torch, dtype), format=format, **norm)
+    except (CheckpointError, TokenizerError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     typer.echo(f"wrote {out}")

@@ -1,5 +1,6 @@
-"""One entry point for any Vary model: ours (save_pretrained) or an official checkpoint, in a local folder or on
-the hub (`org/name[@revision]` or a known name, see hub.py)."""
+"""One entry point for any Vary model: ours (save_pretrained), an official Vary / GOT-OCR2 checkpoint, or
+transformers' GotOcr2ForConditionalGeneration, in a local folder or on the hub (`org/name[@revision]` or a known
+name, see hub.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+from vary.modeling.got import export_hf_got, is_hf_got, load_hf_got
 from vary.modeling.hub import loader_defaults, resolve_model
 from vary.modeling.official import CheckpointError, load_official, official_family, read_config
 from vary.modeling.processor import VaryProcessor
@@ -34,6 +36,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides
     config = read_config(path)
     if official_family(config) is not None:
         return load_official(path, dtype=dtype, **overrides)
+    if is_hf_got(config):
+        return load_hf_got(path, dtype=dtype, **overrides)
     if config.get("model_type") != "vary":
         raise CheckpointError(f"{path}/config.json: model_type {config.get('model_type')!r} is not a Vary model")
     try:
@@ -55,18 +59,36 @@ def load(
     return model, VaryProcessor(c, tokenizer)
 
 
-def convert(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> Path:
-    """Write a checkpoint in our format (safetensors + config + its tokenizer files) at `dtype`: an official
-    one, converted (`overrides` set its preprocessing), or one of ours, e.g. halved to float16 for shipping."""
+CONVERT_FORMATS = ("vary", "hf")
+
+
+def convert(
+    src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float32, format: str = "vary", **overrides: Any
+) -> Path:
+    """Write a checkpoint at `dtype`: an official one, converted (`overrides` set its preprocessing), or one of
+    ours, e.g. halved to float16 for shipping. `format` "vary": our format (safetensors + config + its tokenizer
+    files); "hf": transformers' GotOcr2ForConditionalGeneration (GOT-shaped models only), tokenizer.json included."""
     src, dst = Path(src), Path(dst)
+    if format not in CONVERT_FORMATS:
+        raise CheckpointError(f"format must be one of {CONVERT_FORMATS}, got {format!r}")
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"{dst}: the output folder must not be the input folder")
-    if official_family(read_config(src)) is None and overrides:
+    src_config = read_config(src)
+    if official_family(src_config) is None and not is_hf_got(src_config) and overrides:
         raise CheckpointError(f"{src}: our checkpoints carry their own preprocessing; only official ones take it")
     model = load_model(src, dtype=dtype, **overrides)
+    if format == "hf":
+        c = model.config
+        ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}
+        tokenizer = load_tokenizer(src, image_token_ids=ids) if _has_tokenizer(src) else None
+        return export_hf_got(model, dst, tokenizer=tokenizer)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     return dst
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "qwen.tiktoken", "vocab.json"))

@@ -1,4 +1,5 @@
-"""Recognise and convert official Vary checkpoints (varyOPTForCausalLM, varyQwenForCausalLM / mmgpt).
+"""Recognise and convert official Vary checkpoints (varyOPTForCausalLM, varyQwenForCausalLM / mmgpt) and
+GOT-OCR2's (GOTQwenForCausalLM, model_type "GOT").
 
 Official layout -> ours:
   model.vision_tower_2.* | model.vision_tower.* (Vary-tiny, before/after a March 2024 rename)  -> vision_vocab.*
@@ -8,6 +9,10 @@ Official layout -> ours:
   transformer.mm_projector (CLIP's)                                                            -> projector_clip
   model.decoder.* + lm_head (OPT)                                                              -> language_model.*
   transformer.{wte,h.*,ln_f} + lm_head (first-generation QWen)                                 -> Qwen2 layout
+GOT-OCR2 (family "got"):
+  model.vision_tower_high.* (SAM, Vary's layout)                                               -> vision_vocab.*
+  model.mm_projector_vary.*                                                                    -> projector_vary
+  model.{embed_tokens,layers.*,norm} + lm_head (Qwen2 already; lm_head tied, absent on disk)  -> language_model.*
 QWen v1 -> Qwen2: c_attn (3H, H) splits into q/k/v; c_proj -> o_proj; MLP is c_proj(w1(x) * silu(w2(x))),
 so w2 -> gate_proj, w1 -> up_proj, c_proj -> down_proj; ln_1/ln_2/ln_f -> input/post_attention layernorm/norm.
 Sizes the weights can tell (SAM, CLIP, LM widths) are read from the weights; the rest from config.json.
@@ -26,10 +31,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from vary.config import IMAGENET_MEAN, IMAGENET_STD, QWEN_IMAGE_TOKENS, VaryConfig
+from vary.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, QWEN_IMAGE_TOKENS, VaryConfig
 
-OFFICIAL_ARCHITECTURES = {"varyOPTForCausalLM": "opt", "varyQwenForCausalLM": "qwen"}
-SAM_PREFIXES = ("model.vision_tower_2.", "model.vision_tower.", "transformer.vision_tower_high.")
+OFFICIAL_ARCHITECTURES = {"varyOPTForCausalLM": "opt", "varyQwenForCausalLM": "qwen", "GOTQwenForCausalLM": "got"}
+SAM_PREFIXES = ("model.vision_tower_2.", "model.vision_tower.", "transformer.vision_tower_high.",
+                "model.vision_tower_high.")  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -48,10 +54,12 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def official_family(config: dict[str, Any]) -> str | None:
-    """'opt' or 'qwen' for an official Vary config.json, None for anything else (e.g. our own format)."""
+    """'opt', 'qwen' (Vary) or 'got' (GOT-OCR2) for an official config.json, None for anything else (ours)."""
     for arch in config.get("architectures") or []:
         if arch in OFFICIAL_ARCHITECTURES:
             return OFFICIAL_ARCHITECTURES[arch]
+    if config.get("model_type") == "GOT":
+        return "got"
     if config.get("model_type") == "mmgpt":  # the released Vary-base
         return "qwen"
     if config.get("model_type") == "vary" and "text_config" not in config:
@@ -171,8 +179,46 @@ def qwen_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[s
     )  # fmt: skip
 
 
+def got_text_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """GOT's decoder is a stock Qwen2: widths from the weights, the rest (heads, rope, eps, tying) from config.json."""
+    embed = sd["model.embed_tokens.weight"]  # (vocab, hidden)
+    vocab, hidden = embed.shape
+    if "num_attention_heads" not in cfg:
+        raise CheckpointError("config.json has no num_attention_heads: the head count is not in the weights")
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    kv_heads = sd["model.layers.0.self_attn.k_proj.weight"].shape[0] // head_dim
+    tied = cfg.get("tie_word_embeddings", "lm_head.weight" not in sd)
+    rope_theta = float((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 1000000.0)))
+    return dict(
+        model_type="qwen2", hidden_size=hidden, num_hidden_layers=_count_numbered(sd, r"model\.layers\.(\d+)\."),
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+        intermediate_size=sd["model.layers.0.mlp.gate_proj.weight"].shape[0], vocab_size=vocab,
+        max_position_embeddings=cfg.get("max_position_embeddings", 32768), rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta}, hidden_act=cfg.get("hidden_act", "silu"),
+        tie_word_embeddings=bool(tied), use_sliding_window=False, attention_dropout=0.0,
+        bos_token_id=cfg.get("bos_token_id", 151643), eos_token_id=cfg.get("eos_token_id", 151643),
+        pad_token_id=cfg.get("pad_token_id", 151643),
+    )  # fmt: skip
+
+
+def is_vary_toy(text_config: dict[str, Any]) -> bool:
+    """Vary-toy's files are Vary-base's layout and config fields; only its decoder, QWen-1.8B (24 layers of
+    2048), tells them apart, and it decides the preprocessing default (Vary-toy: CLIP's; Vary-base: ImageNet's)."""
+    return text_config["hidden_size"] == 2048 and text_config["num_hidden_layers"] == 24
+
+
 def official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: str = "", **overrides: Any) -> VaryConfig:
     """Our VaryConfig for an official config.json + its weights. `overrides` set preprocessing, template, clip heads."""
+    try:
+        return _official_config(cfg, sd, source, **overrides)
+    except KeyError as err:  # a weight (or config.json field) the sizes are read from is absent
+        raise CheckpointError(
+            f"{source}: {err} is missing (weights or config.json): the checkpoint is incomplete"
+        ) from err
+
+
+def _official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: str, **overrides: Any) -> VaryConfig:
     family = official_family(cfg)
     if family is None:
         raise CheckpointError(
@@ -190,9 +236,20 @@ def official_config(cfg: dict[str, Any], sd: dict[str, torch.Tensor], source: st
         fields |= dict(text_config=_opt_text_config(cfg, sd), template="plain",
                        image_token_len=cfg.get("image_token_len", 256), image_start_token_id=cfg["im_start_token"],
                        image_end_token_id=cfg["im_end_token"], image_patch_token_id=cfg["im_patch_token"])  # fmt: skip
+    elif family == "got":
+        # GOT's eval processor: bicubic resize to the square input, CLIP mean/std (not Vary-base's ImageNet).
+        fields |= dict(text_config=got_text_config(cfg, sd), template="mpt", prompt_style="got", image_mean=CLIP_MEAN, image_std=CLIP_STD,
+                       image_resample="bicubic", image_token_len=cfg.get("image_token_len", 256),
+                       image_start_token_id=cfg.get("im_start_token", QWEN_IMAGE_TOKENS["image_start_token_id"]),
+                       image_end_token_id=cfg.get("im_end_token", QWEN_IMAGE_TOKENS["image_end_token_id"]),
+                       image_patch_token_id=cfg.get("im_patch_token", QWEN_IMAGE_TOKENS["image_patch_token_id"]))  # fmt: skip
     else:
-        fields |= dict(text_config=qwen_text_config(cfg, sd), template="mpt",
+        text = qwen_text_config(cfg, sd)
+        fields |= dict(text_config=text, template="mpt",
                        image_token_len=cfg.get("image_token_len", 256), **QWEN_IMAGE_TOKENS)  # fmt: skip
+        if is_vary_toy(text):
+            # Vary-toy's demo feeds the high-res branch through BlipImageEvalProcessor (bicubic, CLIP mean/std).
+            fields |= dict(image_mean=CLIP_MEAN, image_std=CLIP_STD, image_resample="bicubic")
         if "transformer.vision_tower.vision_model.embeddings.class_embedding" in sd:
             fields["clip_config"] = _clip_config(sd, "transformer.vision_tower.", clip_heads)
     fields |= overrides
@@ -225,6 +282,11 @@ _QWEN_RULES = [
     (r"transformer\.vision_tower\.vision_model\.", "clip."),  # transformers 5 CLIPVisionModel has no wrapper
     (r"transformer\.mm_projector_vary\.", "projector_vary."),
     (r"transformer\.mm_projector\.", "projector_clip."),
+    (r"lm_head\.", "language_model.lm_head."),
+]
+_GOT_RULES = [
+    (r"model\.mm_projector_vary\.", "projector_vary."),
+    (r"model\.(embed_tokens|layers|norm)\.", r"language_model.model.\1."),
     (r"lm_head\.", "language_model.lm_head."),
 ]
 _OPT_RULES = [
@@ -260,7 +322,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor], family: str) -> dict[str, to
         elif key.endswith("rotary_emb.inv_freq") or key.endswith("position_ids") or key.endswith(".masked_bias"):
             continue  # buffers recomputed by the model
         else:
-            new = _apply_rules(key, _QWEN_RULES if family == "qwen" else _OPT_RULES)
+            new = _apply_rules(key, {"qwen": _QWEN_RULES, "got": _GOT_RULES, "opt": _OPT_RULES}[family])
         if new is None:
             unknown.append(key)
         else:

@@ -2,7 +2,8 @@
 
 Three kinds of folder are recognised, in this order:
   tokenizer.json            ours (a `tokenizers` file, e.g. the byte-level BPE `train_bpe_tokenizer` makes)
-  qwen.tiktoken             first-generation QWen / QWen-VL ranks + their special tokens (ids 151643..151859)
+  qwen.tiktoken             QWen's ranks + QWen-VL's special tokens (ids 151643..151859): Vary-base, Vary-toy
+                            and GOT-OCR2 (official folders) all ship this vocabulary
   vocab.json + merges.txt   OPT / GPT-2 byte-level BPE, plus added_tokens.json (the image tokens)
 Every tokenizer returned encodes <img>, </img> and <imgpad> to the ids the model config expects, or raises:
 a stock QWen tokenizer lacks them and would silently drop every image.
@@ -23,7 +24,7 @@ from vary.prompts import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
 
 IMAGE_TOKENS = (IMAGE_START_TOKEN, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN)
 
-# QWen-VL's special tokens, in id order from 151643 (Vary's QWen tokenizer uses exactly this list).
+# QWen-VL's special tokens, in id order from 151643 (Vary's and GOT-OCR2's QWen tokenizers use exactly this list).
 QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 QWEN_SPECIAL_TOKENS = (
     ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
