@@ -4,7 +4,7 @@ with the next sample's image (vary.train.heldout) and with blank images.
 If the loss with the true images is not clearly below the other two, the model has learnt the language of
 the targets (their structure and word statistics) but not yet to read: the plateau the pilot asks about.
 
-    python reports/training/image_ablation.py --model runs/pilot/model --data data/pilot/heldout --samples 64
+    python research/image_ablation.py --model runs/pilot/model --data data/pilot/heldout --samples 64
 """
 
 from __future__ import annotations
