@@ -76,6 +76,7 @@ def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 # --- multi-process and resume --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_cpu_processes_give_the_losses_of_one(tmp_path, shards):
     recipe = write_recipe(tmp_path / "r.yaml", shards, tmp_path / "one")
     Trainer(load_recipe(recipe), progress=False).train()  # 1 process: 4 micro-batches of 2 per step
@@ -220,6 +221,7 @@ def test_out_of_memory_batch_gets_advice(tmp_path, shards, monkeypatch):
 
 
 # --- it learns -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_nano_recipe_learns_on_engine_data(tmp_path):
     """Charts + tables from the data engine, mixed 1:1. Their targets (python dicts, LaTeX tables) have
     structure a few steps can learn; a page of random words needs OCR (hours) to go below its unigram level."""
