@@ -30,7 +30,7 @@ from vary.data.shards import ShardWriter, encode_sample
 from vary.modeling import fast
 from vary.modeling.tokenizer import load_tokenizer
 from vary.modeling.vary import VaryForCausalLM
-from vary.train.heldout import _batches, heldout_losses
+from vary.train.losses import _batches, heldout_losses
 from vary.train.plot import plot_run
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import OutOfMemory, Trainer, read_log

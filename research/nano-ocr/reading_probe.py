@@ -19,7 +19,7 @@ import torch
 from vary.data.dataset import Collator, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
-from vary.train.heldout import answer_tokens, token_loss_sum
+from vary.train.losses import answer_tokens, token_loss_sum
 from vary.train.vision_warmup import nano_model
 
 

@@ -44,8 +44,8 @@ from vary.modeling.tokenizer import check_image_tokens, extend_char_tokenizer, l
 from vary.train.accelerate_setup import configure_sharding, make_accelerator, whole_model_init
 from vary.train.checkpoint import list_checkpoints, load_checkpoint, remove_unfinished, save_checkpoint
 from vary.train.features import features_path, vision_fingerprint
-from vary.train.heldout import answer_tokens, heldout_losses, token_loss_sum
 from vary.train.init import build_model, format_report, save_report, tokenizer_folder, train_tokenizer
+from vary.train.losses import answer_tokens, heldout_losses, token_loss_sum
 from vary.train.recipes import Recipe, RecipeError
 
 LOG_FILE = "log.jsonl"
@@ -305,7 +305,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Held-out loss of each eval source, with its own images and with other samples' images (the gap
-        shows whether the model reads; see vary.train.heldout). Written to eval.jsonl and TensorBoard.
+        shows whether the model reads; see vary.train.losses). Written to eval.jsonl and TensorBoard.
 
         Every process scores the same samples: under FSDP and ZeRO-3 all of them must run each forward, and
         the sets are small."""
