@@ -50,7 +50,8 @@ class VaryConfig(PreTrainedConfig):
     # From scratch without it, Adam let the projected features grow to ~500x the text embeddings within a few
     # hundred steps (lr 1e-3, nano); with it their scale stays fixed. See reports/training/nano-ocr/.
     projector_norm: bool = False
-    # High-resolution branch preprocessing: the released checkpoints disagree (see VARY.md), so it is data.
+    # High-resolution branch preprocessing: the released checkpoints disagree (the Vary-base demo uses ImageNet
+    # mean/std + bilinear, Vary-tiny-opt125M and Vary-toy CLIP mean/std + bicubic), so it is config data.
     image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
     image_resample: str = "bilinear"

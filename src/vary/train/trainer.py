@@ -38,6 +38,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from vary.config import PRESETS
+from vary.data.augment import augment_document
 from vary.data.dataset import Collator, DataError, MixtureSampler, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import check_image_tokens, extend_char_tokenizer, load_tokenizer
@@ -269,14 +270,7 @@ class Trainer:
     def _loader(self) -> DataLoader:
         r, acc = self.recipe, self.accelerator
         processor = self.processor
-        augment = None
-        if r.data.augment:
-            try:
-                from vary.data.augment import augment_document
-            except ImportError:
-                self._print("warning: vary.data.augment is not available; training without augmentation")
-            else:
-                augment = augment_document
+        augment = augment_document if r.data.augment else None
         self.dataset = VaryTrainDataset(self.sources, processor, r.data.max_length, augment, seed=r.train.seed,
                                         features=self.feature_files)  # fmt: skip
         sampler = MixtureSampler(
