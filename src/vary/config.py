@@ -18,12 +18,12 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, SamVisionConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from vary.templates import TEMPLATES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-TEMPLATES = ("plain", "vicuna_v1", "mpt")
 
 
 @strict
@@ -106,7 +106,7 @@ class VaryConfig(PreTrainedConfig):
             if int(self.text_config.hidden_size) % 2:
                 raise ValueError("Vary-base concatenates two projections: the LM hidden size must be even")
         if self.template not in TEMPLATES:
-            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+            raise ValueError(f"template must be one of {tuple(TEMPLATES)}, got {self.template!r}")
         if self.image_resample not in ("bilinear", "bicubic"):
             raise ValueError(f"image_resample must be 'bilinear' or 'bicubic', got {self.image_resample!r}")
 

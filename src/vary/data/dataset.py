@@ -38,8 +38,6 @@ from vary.modeling.processor import ImageError, VaryProcessor
 from vary.templates import Template, get_template
 
 IGNORE_INDEX = -100
-# Follow-up turns of a multi-turn conversation (the first turn is Template.prompt()).
-FOLLOWUP_PREFIX = {"vicuna_v1": "USER: ", "mpt": "<|im_start|>user\n", "plain": ""}
 LLAVA_IMAGE_PLACEHOLDER = "<image>"
 
 Augment = Callable[[Image.Image, random.Random], Image.Image]
@@ -328,7 +326,7 @@ def encode_conversation(
         if i == 0:
             prompt = template.prompt(instruction, num_images=1, image_token_len=image_token_len)
         else:
-            prompt = f"{FOLLOWUP_PREFIX[template.name]}{instruction}{template.suffix}"
+            prompt = f"{template.followup}{instruction}{template.suffix}"  # later turns: no image
         prompt_ids = tokenizer(prompt, add_special_tokens=i == 0).input_ids
         answer_ids = tokenizer(answer + template.answer_end, add_special_tokens=False).input_ids
         ids += prompt_ids + answer_ids
