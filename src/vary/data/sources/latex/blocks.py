@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from vary.data.text import latex_escape
 
 MARK = "\x00"  # stands in a block's tex where its page marker goes (NUL never occurs in real text)
 
@@ -19,24 +20,9 @@ class Block:
     rows: int = 1  # lines of a display, rows of a table, items of a list
 
 
-_TEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-_TEX_SPECIAL = re.compile(r"[\\&%$#_{}~^]")
-
-
 def tex_escape(text: str) -> str:
     # TeX ligatures would turn `` '' -- into other glyphs than the target's characters: break them up
-    text = _TEX_SPECIAL.sub(lambda m: _TEX_ESCAPES[m.group()], text)
+    text = latex_escape(text)
     return text.replace("--", "-{}-").replace("``", "`{}`").replace("''", "'{}'")
 
 
