@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from test_data_sources import CJK, _ink_bands
+from vary.chart_answer import parse_chart_answer
 from vary.data.sources import get_source
-from vary.data.sources.charts import parse_chart_answer
 from vary.data.text import TextCorpus, common_chars
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import subprocess
+import sys
 import warnings
 
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vary.chart_answer import parse_chart_answer
 from vary.data.sources import get_source
 from vary.data.sources.charts import (
     FAMILIES,
@@ -20,7 +23,6 @@ from vary.data.sources.charts import (
     _Texts,
     draw_chart,
     make_theme,
-    parse_chart_answer,
     random_chart,
 )
 from vary.prompts import CHART_ANSWER_PREFIX, TASK_PROMPTS
@@ -143,3 +145,11 @@ def test_bad_options_are_refused():
         ChartSource(count=None)
     with pytest.raises(ValueError, match="lang"):
         ChartSource(count=1, lang="fr")
+
+
+def test_chart_answers_are_read_without_matplotlib():
+    """Inference and evaluation parse chart answers through vary.chart_answer, which must not pull the
+    matplotlib-based charts source in."""
+    code = "import sys, vary.chart_answer, vary.eval.metrics, vary.eval.datasets; print('matplotlib' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -21,7 +21,7 @@ from vary.data.sources.latex import (
     math_ok,
     page_lines,
 )
-from vary.data.sources.latex_templates import TEMPLATES, available_templates
+from vary.data.sources.latex.templates import TEMPLATES, available_templates
 from vary.prompts import TASK_PROMPTS
 
 PAPER = r"""

@@ -180,7 +180,12 @@ def test_hf_got_loads_into_vary(tmp_path, layout):
     ours = vary.load_model(tmp_path / "hf")
     c = ours.config
     assert (c.image_patch_token_id, c.image_start_token_id, c.image_end_token_id) == (299, 297, 298)
-    assert c.image_token_len == 16 and c.prompt_style == "got" and c.tie_word_embeddings and c.text_config.num_key_value_heads == 2
+    assert (
+        c.image_token_len == 16
+        and c.prompt_style == "got"
+        and c.tie_word_embeddings
+        and c.text_config.num_key_value_heads == 2
+    )
     _assert_same_outputs(ours, hf, _image_inputs(299))
 
 

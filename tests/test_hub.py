@@ -2,10 +2,10 @@
 
 The stand-in (FakeHub) is a small threaded http.server on 127.0.0.1 that this module starts itself; it answers
 the four calls huggingface_hub's snapshot_download makes (revision info, file tree, HEAD/GET resolve). It serves
-repositories built by the functions in REPO_BUILDERS: today a tiny random Vary-tiny in the official layout
-(varyOPTForCausalLM, official key names) with a remote-code .py file beside it. A builder for a tiny GOT-OCR2
-repository (either format) can be added to REPO_BUILDERS once its loader exists: every test that uses `served`
-runs per builder, and compares what the hub gave against vary.load_model on the served folder itself.
+repositories built by the functions in REPO_BUILDERS: a tiny random Vary-tiny in the official layout
+(varyOPTForCausalLM, official key names) and a tiny random GOT-OCR2 as stepfun-ai/GOT-OCR2_0 ships it, each with a
+remote-code .py file beside it. Every test that uses `served` runs per builder, and compares what the hub gave
+against vary.load_model on the served folder itself.
 """
 
 from __future__ import annotations
@@ -73,17 +73,30 @@ def build_official_vary_tiny(folder: Path, seed: int) -> Path:
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(folder)
-    # what a real repository carries beside the weights, none of which the loader needs
-    (folder / REMOTE_CODE).write_text("raise SystemExit('remote code must never be downloaded or run')\n")
-    (folder / "README.md").write_text("# tiny\n")
-    (folder / "training_args.bin").write_bytes(b"\0" * 64)
+    add_files_the_loader_never_needs(folder)
     reloaded = load_official(folder)  # the builder itself is checked: the official loader gives our weights back
     for key, value in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
     return folder
 
 
-REPO_BUILDERS = {"official-vary-tiny": build_official_vary_tiny}
+def build_official_got(folder: Path, seed: int) -> Path:
+    """A tiny random GOT-OCR2 as stepfun-ai/GOT-OCR2_0 ships it: GOTQwenForCausalLM keys, qwen.tiktoken."""
+    from test_got import write_official_got
+
+    write_official_got(folder, seed)
+    add_files_the_loader_never_needs(folder)
+    return folder
+
+
+def add_files_the_loader_never_needs(folder: Path) -> None:
+    """What a real repository carries beside the weights: remote code, a model card, training state."""
+    (folder / REMOTE_CODE).write_text("raise SystemExit('remote code must never be downloaded or run')\n")
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / "training_args.bin").write_bytes(b"\0" * 64)
+
+
+REPO_BUILDERS = {"official-vary-tiny": build_official_vary_tiny, "official-got-ocr2": build_official_got}
 
 
 # --- the stand-in hub ---------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from test_infer_documents import make_pdf, make_png
 from vary.infer.pipeline import Pipeline
 from vary.serve.app import create_app
 
+pytestmark = pytest.mark.slow  # starts Chromium
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]  # fmt: skip

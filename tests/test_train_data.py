@@ -19,7 +19,7 @@ from vary.data.dataset import (
     JsonSource,
     MixtureSampler,
     ShardSource,
-    SkippedSample,
+    SkipSample,
     VaryTrainDataset,
     encode_conversation,
     open_source,
@@ -128,7 +128,7 @@ def test_missing_and_empty_data_folders_are_clear_errors(tmp_path):
 def test_corrupt_samples_are_skipped_with_their_reason(tmp_path, tokenizer):
     folder = write_shards(tmp_path / "d", count=6, corrupt={1: "image", 4: "json"})
     source = ShardSource(folder, progress=False)
-    with pytest.raises(SkippedSample, match="pages-en-00000001"):
+    with pytest.raises(SkipSample, match="pages-en-00000001"):
         source.conversation(1)
     dataset = VaryTrainDataset([source], processor_for(tokenizer), max_length=128)
     batch = Collator(dataset, pad_token_id=0)([dataset[(0, i, i)] for i in range(6)])
@@ -170,10 +170,10 @@ def test_llava_json_source_multi_turn_and_bad_entries(tmp_path, tokenizer):
     source = open_source(path, images)
     assert isinstance(source, JsonSource) and len(source) == 3
     assert source.conversation(0).turns == [("What is the title?", "sales"), ("And the year?", "1999")]
-    with pytest.raises(SkippedSample) as skip:
+    with pytest.raises(SkipSample) as skip:
         source.conversation(1)
     assert skip.value.reason == "no_image"
-    with pytest.raises(SkippedSample, match="missing.png"):
+    with pytest.raises(SkipSample, match="missing.png"):
         source.conversation(2)
     # Vicuna v1, two turns: both answers are trained on, neither question is.
     ids, labels, _ = encode_conversation(tokenizer, get_template("vicuna_v1"), source.conversation(0).turns, 16, 512)
@@ -197,7 +197,7 @@ def test_truncation_is_flagged_and_a_prompt_that_does_not_fit_is_skipped(tokeniz
     template = get_template("plain")
     ids, labels, truncated = encode_conversation(tokenizer, template, [("", "the page " * 50)], 16, 40)
     assert truncated and len(ids) == 40 and labels[-1] != IGNORE_INDEX
-    with pytest.raises(SkippedSample) as skip:
+    with pytest.raises(SkipSample) as skip:
         encode_conversation(tokenizer, template, [("", "x")], 16, 12)
     assert skip.value.reason == "too_long"
 

@@ -30,7 +30,7 @@ from vary.data.shards import ShardWriter, encode_sample
 from vary.modeling import fast
 from vary.modeling.tokenizer import load_tokenizer
 from vary.modeling.vary import VaryForCausalLM
-from vary.train.heldout import _batches, heldout_losses
+from vary.train.losses import _batches, heldout_losses
 from vary.train.plot import plot_run
 from vary.train.recipes import RecipeError, load_recipe
 from vary.train.trainer import OutOfMemory, Trainer, read_log
@@ -76,6 +76,7 @@ def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 # --- multi-process and resume --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_cpu_processes_give_the_losses_of_one(tmp_path, shards):
     recipe = write_recipe(tmp_path / "r.yaml", shards, tmp_path / "one")
     Trainer(load_recipe(recipe), progress=False).train()  # 1 process: 4 micro-batches of 2 per step
@@ -220,6 +221,7 @@ def test_out_of_memory_batch_gets_advice(tmp_path, shards, monkeypatch):
 
 
 # --- it learns -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_nano_recipe_learns_on_engine_data(tmp_path):
     """Charts + tables from the data engine, mixed 1:1. Their targets (python dicts, LaTeX tables) have
     structure a few steps can learn; a page of random words needs OCR (hours) to go below its unigram level."""

@@ -76,3 +76,14 @@ def test_cli_show_and_its_error_exit_code():
     )
     bad = runner.invoke(app, ["train", "run", "nano", "optim.nope=1"])
     assert bad.exit_code == 2 and "unknown key 'optim.nope'" in bad.output
+
+
+def test_freezable_parts_are_the_models_part_names():
+    """Recipes check part names without a model (recipes.FREEZABLE); the model names its parts itself
+    (part_parameters). A Vary-tiny has every part but the CLIP branch's two."""
+    from conftest import tiny_config
+    from vary.modeling.vary import VaryForCausalLM
+    from vary.train.recipes import FREEZABLE
+
+    parts = set(VaryForCausalLM(tiny_config(image_size=128)).part_parameters())
+    assert parts <= set(FREEZABLE) and set(FREEZABLE) - parts == {"clip", "projector_clip"}

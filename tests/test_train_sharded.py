@@ -20,7 +20,7 @@ from vary.modeling.vary import VaryForCausalLM
 from vary.train.recipes import load_recipe
 from vary.train.trainer import Trainer, read_log
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # distributed launches
 
 ZERO2 = REPO / "configs" / "accelerate" / "deepspeed-zero2.yaml"
 

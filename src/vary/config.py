@@ -19,13 +19,12 @@ from transformers import AutoConfig, PreTrainedConfig, SamVisionConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from vary.prompts import PROMPT_STYLES
+from vary.templates import TEMPLATES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-TEMPLATES = ("plain", "vicuna_v1", "mpt")
 
 
 @strict
@@ -52,7 +51,8 @@ class VaryConfig(PreTrainedConfig):
     # From scratch without it, Adam let the projected features grow to ~500x the text embeddings within a few
     # hundred steps (lr 1e-3, nano); with it their scale stays fixed. See reports/training/nano-ocr/.
     projector_norm: bool = False
-    # High-resolution branch preprocessing: the released checkpoints disagree (see VARY.md), so it is data.
+    # High-resolution branch preprocessing: the released checkpoints disagree (the Vary-base demo uses ImageNet
+    # mean/std + bilinear, Vary-tiny-opt125M and Vary-toy CLIP mean/std + bicubic), so it is config data.
     image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
     image_resample: str = "bilinear"
@@ -110,7 +110,7 @@ class VaryConfig(PreTrainedConfig):
             if int(self.text_config.hidden_size) % 2:
                 raise ValueError("Vary-base concatenates two projections: the LM hidden size must be even")
         if self.template not in TEMPLATES:
-            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+            raise ValueError(f"template must be one of {tuple(TEMPLATES)}, got {self.template!r}")
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {tuple(PROMPT_STYLES)}, got {self.prompt_style!r}")
         if self.image_resample not in ("bilinear", "bicubic"):

@@ -29,6 +29,7 @@ class Template:
     suffix: str  # after the instruction, right before the answer
     answer_end: str  # after the answer; trained on, and where generation stops
     uses_instruction: bool = True
+    followup: str = ""  # before the instruction of a later turn of a multi-turn conversation (no image block)
 
     def prompt(self, instruction: str = "", num_images: int = 1, image_token_len: int = 256) -> str:
         """Everything the model reads before it starts answering."""
@@ -48,7 +49,12 @@ def image_block(image_token_len: int) -> str:
 TEMPLATES: dict[str, Template] = {
     "plain": Template("plain", prefix="", infix="\n", suffix="", answer_end="\n</s>", uses_instruction=False),
     "vicuna_v1": Template(
-        "vicuna_v1", prefix=f"{VICUNA_SYSTEM} USER: ", infix="", suffix=" ASSISTANT:", answer_end="</s>"
+        "vicuna_v1",
+        prefix=f"{VICUNA_SYSTEM} USER: ",
+        infix="",
+        suffix=" ASSISTANT:",
+        answer_end="</s>",
+        followup="USER: ",
     ),
     "mpt": Template(
         "mpt",
@@ -56,6 +62,7 @@ TEMPLATES: dict[str, Template] = {
         infix="",
         suffix="<|im_end|><|im_start|>assistant\n",
         answer_end="<|im_end|>",
+        followup="<|im_start|>user\n",
     ),
 }
 

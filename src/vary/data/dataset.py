@@ -32,13 +32,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from vary.data.sample import SkipSample
 from vary.data.shards import IMAGE_EXTS, decode_record, list_shards, prompt_for
 from vary.modeling.processor import ImageError, VaryProcessor
 from vary.templates import Template, get_template
 
 IGNORE_INDEX = -100
-# Follow-up turns of a multi-turn conversation (the first turn is Template.prompt()).
-FOLLOWUP_PREFIX = {"vicuna_v1": "USER: ", "mpt": "<|im_start|>user\n", "plain": ""}
 LLAVA_IMAGE_PLACEHOLDER = "<image>"
 
 Augment = Callable[[Image.Image, random.Random], Image.Image]
@@ -46,12 +45,6 @@ Augment = Callable[[Image.Image, random.Random], Image.Image]
 
 class DataError(ValueError):
     """A data folder or file that cannot be used for training; the message names it."""
-
-
-class SkippedSample(Exception):  # noqa: N818 - a control-flow signal, counted by the collator
-    def __init__(self, reason: str, where: str):
-        super().__init__(f"{where}: {reason}")
-        self.reason, self.where = reason, where
 
 
 @dataclass
@@ -147,7 +140,7 @@ class ShardSource:
             sample = decode_record(key, files)  # the engine's own validation of a record
             prompt = json.loads(files["json"]).get("prompt")
         except (ValueError, OSError) as err:
-            raise SkippedSample("corrupt", f"{where} ({err})") from err
+            raise SkipSample.because("corrupt", f"{where} ({err})") from err
         instruction = prompt if isinstance(prompt, str) else prompt_for(sample.task, sample.lang)
         return Conversation(key, sample.image, [(instruction, sample.target)], sample.kind, sample.meta)
 
@@ -181,22 +174,22 @@ class JsonSource:
     def conversation(self, i: int) -> Conversation:
         entry, where = self.entries[i], f"{self.path}[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("conversations"), list):
-            raise SkippedSample("corrupt", f"{where} (no 'conversations' list)")
+            raise SkipSample.because("corrupt", f"{where} (no 'conversations' list)")
         if not isinstance(entry.get("image"), str):
-            raise SkippedSample("no_image", f"{where} (text-only or multi-image entries are not trained on)")
+            raise SkipSample.because("no_image", f"{where} (text-only or multi-image entries are not trained on)")
         messages = entry["conversations"]
         turns = []
         for human, gpt in zip(messages[::2], messages[1::2], strict=False):
             if human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise SkippedSample("corrupt", f"{where} (turns must alternate human/gpt)")
+                raise SkipSample.because("corrupt", f"{where} (turns must alternate human/gpt)")
             turns.append((str(human["value"]).replace(LLAVA_IMAGE_PLACEHOLDER, "").strip(), str(gpt["value"])))
         if not turns:
-            raise SkippedSample("corrupt", f"{where} (no human/gpt turn)")
+            raise SkipSample.because("corrupt", f"{where} (no human/gpt turn)")
         try:
             with Image.open(self.images / entry["image"]) as im:
                 image = im.convert("RGB")
         except (OSError, ValueError) as err:
-            raise SkippedSample("corrupt", f"{where} ({self.images / entry['image']}: {err})") from err
+            raise SkipSample.because("corrupt", f"{where} ({self.images / entry['image']}: {err})") from err
         return Conversation(str(i), image, turns, entry.get("kind", ""))
 
 
@@ -323,7 +316,7 @@ def encode_conversation(
     """(input_ids, labels, truncated). Labels copy the answer (+ its end marker) tokens, -100 elsewhere.
 
     Pieces are tokenised separately, so the prompt/answer boundary is exact; the answer is what gets cut when
-    the sequence is longer than `max_length`. A prompt that does not fit raises SkippedSample("too_long").
+    the sequence is longer than `max_length`. A prompt that does not fit raises SkipSample with reason "too_long".
     """
     ids: list[int] = []
     labels: list[int] = []
@@ -333,7 +326,7 @@ def encode_conversation(
         if i == 0:
             prompt = template.prompt(instruction, num_images=1, image_token_len=image_token_len)
         else:
-            prompt = f"{FOLLOWUP_PREFIX[template.name]}{instruction}{template.suffix}"
+            prompt = f"{template.followup}{instruction}{template.suffix}"  # later turns: no image
         prompt_ids = tokenizer(prompt, add_special_tokens=i == 0).input_ids
         answer_ids = tokenizer(answer + template.answer_end, add_special_tokens=False).input_ids
         ids += prompt_ids + answer_ids
@@ -341,7 +334,7 @@ def encode_conversation(
         if len(ids) >= max_length:
             break
     if labels[:max_length].count(IGNORE_INDEX) == min(len(labels), max_length):
-        raise SkippedSample("too_long", f"the prompt alone is over data.max_length={max_length} tokens")
+        raise SkipSample.because("too_long", f"the prompt alone is over data.max_length={max_length} tokens")
     truncated = len(ids) > max_length
     return ids[:max_length], labels[:max_length], truncated
 
@@ -371,7 +364,7 @@ class VaryTrainDataset(Dataset):
             self._features = [np.load(f, mmap_mode="r") for f in self.feature_files]
         return torch.from_numpy(self._features[source][record].astype(np.float32))  # (T, C)
 
-    def __getitem__(self, ref: tuple[int, int, int]) -> dict | SkippedSample:
+    def __getitem__(self, ref: tuple[int, int, int]) -> dict | SkipSample:
         source, record, position = ref
         try:
             conv = self.sources[source].conversation(record)
@@ -392,13 +385,13 @@ class VaryTrainDataset(Dataset):
                 example["vision_features"] = self.features(source, record)
             if self.with_clip:
                 example["pixel_values_clip"] = self.processor.clip_tensor(image)
-        except SkippedSample as skip:
+        except SkipSample as skip:
             return skip
         except ImageError as err:
-            return SkippedSample("corrupt", str(err))
+            return SkipSample.because("corrupt", str(err))
         n_pad = example["input_ids"].count(self.processor.config.image_patch_token_id)
         if n_pad != self.processor.config.image_token_len:
-            return SkippedSample("image_tokens", f"sample {conv.key}: {n_pad} <imgpad> tokens after tokenising")
+            return SkipSample.because("image_tokens", f"sample {conv.key}: {n_pad} <imgpad> tokens after tokenising")
         return example
 
     def blank_example(self) -> dict:
@@ -430,8 +423,8 @@ class Collator:
 
     def __call__(self, items: list) -> dict:
         examples = [x for x in items if isinstance(x, dict)]
-        skipped = Counter(x.reason for x in items if isinstance(x, SkippedSample))
-        notes = [str(x) for x in items if isinstance(x, SkippedSample)]
+        skipped = Counter(x.reason for x in items if isinstance(x, SkipSample))
+        notes = [str(x) for x in items if isinstance(x, SkipSample)]
         num_samples = len(examples)
         if not examples:
             examples = [self.dataset.blank_example()]

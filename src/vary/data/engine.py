@@ -26,7 +26,7 @@ import platform
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -371,9 +371,3 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return versions
-
-
-def report_dict(report: GenerateReport) -> dict:
-    d = asdict(report)
-    d["manifest"] = str(report.manifest) if report.manifest else None
-    return d

@@ -20,4 +20,15 @@ class Sample:
 
 
 class SkipSample(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised by a source's make() when an input cannot yield a sample; the engine counts the reason."""
+    """An input that cannot give a sample; neither stops the run. A data source's make() raises it (the engine
+    lists the message among the skipped inputs), and so does reading training data (the collator counts it by
+    `reason`: corrupt, no_image, too_long, image_tokens)."""
+
+    def __init__(self, message: str, reason: str = "skipped"):
+        super().__init__(message)
+        self.reason = reason
+
+    @classmethod
+    def because(cls, reason: str, where: str) -> SkipSample:
+        """A skip counted under `reason`; its message is "where: reason"."""
+        return cls(f"{where}: {reason}", reason)

@@ -197,3 +197,23 @@ class TextCorpus:
             elif 1 < i < n - 2 and rng.random() < 0.12:
                 words[i] += rng.choice(["，", "，", "，", "、", "；"])
         return "".join(words) + rng.choices(["。", "？", "！"], weights=[90, 6, 4])[0]
+
+
+# TeX's special characters as text-mode commands (tables' LaTeX targets and the latex source's blocks).
+_TEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text -> LaTeX source that prints it (special characters escaped)."""
+    return "".join(_TEX_SPECIALS.get(ch, ch) for ch in text)

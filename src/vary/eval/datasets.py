@@ -23,6 +23,8 @@ from typing import Any
 
 from PIL import Image
 
+from vary.chart_answer import parse_chart_answer
+
 FORMATS = ("shards", "docvqa", "chartqa", "folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Which metric family scores a task's output (vary.eval.metrics.score); anything else is page OCR.
@@ -61,8 +63,6 @@ class EvalRecord:
         if isinstance(self.image, str):
             self.image = Path(self.image)
         if self.metric == "chart" and self.error is None and self.reference is not None:
-            from vary.data.sources.charts import parse_chart_answer  # lazy: the charts module imports matplotlib
-
             reference = self.reference if isinstance(self.reference, str) else self.reference[0]
             try:  # a reference chart_scores cannot read is a data error, found here, not a crash mid-run
                 parse_chart_answer(reference)

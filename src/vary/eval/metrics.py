@@ -52,6 +52,7 @@ from nltk.metrics import f_measure, precision, recall
 from nltk.translate import meteor_score as nltk_meteor
 from rapidfuzz.distance import Levenshtein
 
+from vary.chart_answer import parse_chart_answer
 from vary.prompts import NATURE_SENTENCES
 
 jieba.setLogLevel(logging.WARNING)  # jieba logs "Building prefix dict..." on first use
@@ -318,7 +319,6 @@ def chart_scores(prediction: str, reference: str) -> dict[str, float]:
     (ast.literal_eval, length-capped; never eval). A reference that does not parse raises ValueError:
     that is a data error, not a model's.
     """
-    from vary.data.sources.charts import parse_chart_answer  # lazy: the charts module imports matplotlib
 
     ref_values, ref_entries = _chart_values(parse_chart_answer(reference)["data"])
     try:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vary.eval.runner import EvalRun, summarize
+from vary.eval.results import EvalRun, summarize
 
 # (score key, column header); rates print as percentages like the paper, ED as a fraction.
 PAGE_COLUMNS = [

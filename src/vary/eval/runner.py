@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from vary.eval.baselines import Predictor, UnsupportedTask, get_predictor
 from vary.eval.datasets import EvalRecord, load_dataset
 from vary.eval.metrics import meteor_mode, score
+from vary.eval.report import write_outputs
+from vary.eval.results import EvalRun, summarize  # noqa: F401  (summarize: importable from here too)
 
 
 @dataclass
@@ -40,60 +42,6 @@ class SampleResult:
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float | None = None
     error: str | None = None
-
-
-@dataclass
-class EvalRun:
-    """Everything a run produced; `to_json()` is what results.json holds."""
-
-    meta: dict[str, Any]
-    samples: list[dict[str, Any]]
-    data_errors: list[dict[str, str]]
-
-    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return summarize(self.samples, self.data_errors)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"meta": self.meta, "summary": self.summary(), "data_errors": self.data_errors, "samples": self.samples}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EvalRun:
-        missing = {"meta", "samples"} - set(data)
-        if missing:
-            raise ValueError(f"not a `vary eval run` results file: missing {sorted(missing)}")
-        return cls(meta=data["meta"], samples=data["samples"], data_errors=data.get("data_errors", []))
-
-
-def summarize(samples: list[dict[str, Any]], data_errors: list[dict[str, str]] = ()) -> dict:
-    """{model: {subset: {"metric", "n", "errors", "unsupported", "data_errors", "seconds", <score means>}}}.
-
-    A score key is averaged over the samples that have it (markdown parts exist only where either side
-    has that part); `n` counts scored samples, prediction errors included (scored as empty).
-    """
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for s in samples:
-        groups[(s["model"], s["subset"])].append(s)
-    bad_data = defaultdict(int)
-    for e in data_errors:
-        bad_data[e["subset"]] += 1
-    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for (model, subset), group in groups.items():  # first-seen order: models as given, subsets as read
-        scored = [s for s in group if s["status"] != "unsupported"]
-        sums: dict[str, list[float]] = defaultdict(list)
-        for s in scored:
-            for key, value in s["scores"].items():
-                sums[key].append(value)
-        times = [s["seconds"] for s in scored if s["seconds"] is not None]
-        out[model][subset] = {
-            "metric": group[0]["metric"],
-            "n": len(scored),
-            "errors": sum(s["status"] == "error" for s in group),
-            "unsupported": len(group) - len(scored),
-            "data_errors": bad_data.get(subset, 0),
-            "seconds": sum(times) / len(times) if times else None,
-            **{key: sum(values) / len(values) for key, values in sums.items()},
-        }
-    return dict(out)
 
 
 def _unique_names(predictors: Sequence[Predictor]) -> list[str]:
@@ -181,8 +129,6 @@ def run_eval(
     progress: bool = True,
 ) -> tuple[EvalRun, dict[str, Path]]:
     """What `vary eval run` does: load the data and predictors, evaluate, write report/JSON/plot."""
-    from vary.eval.report import write_outputs  # report imports matplotlib; keep `evaluate` light
-
     if not model_specs:
         raise ValueError("give at least one --model (tesseract, rapidocr or a model directory)")
     records = list(load_dataset(data, format=dataset_format, limit=limit))

@@ -31,6 +31,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
 from vary.assets import bundled_model_dir
+from vary.chart_answer import parse_chart_answer
 from vary.infer.documents import Page
 from vary.infer.generation import (
     CancelCriteria,
@@ -86,8 +87,6 @@ class ChartParseError(ValueError):
 
 def parse_chart(text: str) -> dict:
     """A chart answer -> dict, with ast.literal_eval (never eval: model output is untrusted)."""
-    from vary.data.sources.charts import parse_chart_answer  # lazy: the data engine pulls in matplotlib
-
     try:
         return parse_chart_answer(text)
     except ValueError as err:

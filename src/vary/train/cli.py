@@ -1,4 +1,4 @@
-"""`vary train run|show|plot|features`: thin wrappers over vary.train.trainer / recipes / plot / features.
+"""`vary train run|show|plot|features|warmup`: thin wrappers over the vary.train modules.
 
 vary train run nano --data data/pages train.max_steps=500 optim.lr=3e-4
 torchrun --nproc_per_node 2 -m vary train run nano --data data/pages        # 2 CPU processes (gloo)
@@ -120,4 +120,35 @@ def features_cmd(
             folder = compute_features(vision, source, batch_size=batch_size, dtype=dtype, workers=workers)
             typer.echo(f"wrote {folder}")
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+
+
+@train_app.command("warmup")
+def warmup_cmd(
+    data: list[str] = typer.Option(..., "--data", help="shard folder (repeatable, equal weights)"),
+    heldout: str = typer.Option(..., "--heldout", help="held-out shard folder, scored every --eval-every steps"),
+    out: Path = typer.Option(..., "--out", help="model folder to write (decoder still random)"),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer folder; default: a character tokenizer of the data"),
+    steps: int = typer.Option(600, "--steps", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    eval_every: int = typer.Option(100, "--eval-every", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(1, "--workers", min=0, help="DataLoader workers"),
+    device: str | None = typer.Option(None, "--device", help="default cuda if available (bf16 autocast), else cpu"),
+    pixel_weight: float = typer.Option(0.0, "--pixel-weight", help="also redraw each token's 64x64 cell, MAE-style"),
+    cell_weight: float = typer.Option(0.0, "--cell-weight", help="also name each cell's characters (data with --option boxes=true)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:  # fmt: skip
+    """Warm up a from-scratch nano vision vocabulary (for configs/nano-ocr-read.yaml's init.vary_tiny)."""
+    from vary.data.dataset import DataError
+    from vary.modeling.tokenizer import TokenizerError
+    from vary.train.vision_warmup import WarmupConfig, WarmupError, warm_up
+
+    config = WarmupConfig(data=data, heldout=heldout, out=out, tokenizer=tokenizer, steps=steps, batch_size=batch_size,
+                          lr=lr, eval_every=eval_every, seed=seed, workers=workers, pixel_weight=pixel_weight,
+                          cell_weight=cell_weight, **({"device": device} if device else {}))  # fmt: skip
+    try:
+        typer.echo(f"saved {warm_up(config, progress=not quiet)}")
+    except (WarmupError, DataError, TokenizerError, FileNotFoundError) as err:
         _fail(err)

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vary.data.dataset import DataError, JsonSource, ShardSource, SkippedSample, open_source
+from vary.data.dataset import DataError, JsonSource, ShardSource, SkipSample, open_source
 from vary.modeling.processor import ImageError, VaryProcessor
 from vary.modeling.vary import VaryForCausalLM
 
@@ -112,7 +112,7 @@ class _Images(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
         try:
             return i, self.processor.image_tensor(self.source.conversation(i).image)
-        except (SkippedSample, ImageError):
+        except (SkipSample, ImageError):
             return i, None
 
 

@@ -22,50 +22,35 @@ Checkpoints are written to a hidden temporary folder and renamed when complete; 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import os
-import shutil
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_scheduler
 
 from vary.config import PRESETS
+from vary.data.augment import augment_document
 from vary.data.dataset import Collator, DataError, MixtureSampler, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import check_image_tokens, extend_char_tokenizer, load_tokenizer
+from vary.train.accelerate_setup import configure_sharding, make_accelerator, whole_model_init
+from vary.train.checkpoint import list_checkpoints, load_checkpoint, remove_unfinished, save_checkpoint
 from vary.train.features import features_path, vision_fingerprint
-from vary.train.heldout import answer_tokens, heldout_losses, token_loss_sum
 from vary.train.init import build_model, format_report, save_report, tokenizer_folder, train_tokenizer
+from vary.train.losses import answer_tokens, heldout_losses, token_loss_sum
 from vary.train.recipes import Recipe, RecipeError
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
 EVAL_FILE = "eval.jsonl"
-
-
-class _TiedWeightsNote(logging.Filter):
-    """accelerate warns on every checkpoint that the tied lm_head copy is not stored: that is intended (the
-    model re-ties it on load; `vary.load(checkpoint)` is tested), so the note is dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Removed shared tensor" not in record.getMessage()
-
-
-logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
 class OutOfMemory(RuntimeError):
@@ -114,11 +99,6 @@ def oom_advice(recipe: Recipe, accumulation: int, device: str) -> str:
     return "\n".join(lines)
 
 
-def list_checkpoints(out: Path) -> list[Path]:
-    found = [p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
 def read_log(path: Path) -> list[dict]:
     """JSONL records, the last one per step (a resumed run rewrites steps after its checkpoint)."""
     if not path.is_file():
@@ -142,39 +122,7 @@ class Trainer:
     # --- set-up -----------------------------------------------------------------------------------------------
     def setup(self) -> None:
         r = self.recipe
-        cpu = not torch.cuda.is_available()
-        precision = r.train.mixed_precision
-        if cpu and precision != "no":
-            warnings.warn(f"train.mixed_precision={precision} needs a GPU; this CPU run uses fp32", stacklevel=2)
-            precision = "no"
-        # accelerate switches DeepSpeed off when cpu=True, and turns FSDP on only for GPU-type process groups.
-        # Both run on CPU (DeepSpeed on its CPU accelerator, torch FSDP2 over gloo), so their processes start
-        # with cpu=False and an explicit gloo group, and FSDP is switched on by hand once the Accelerator exists.
-        sharded = {
-            e: os.environ.get(e, "false").lower() == "true" for e in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
-        }
-        fsdp_on_cpu = cpu and sharded["ACCELERATE_USE_FSDP"]
-        group = {"backend": "gloo"} if cpu and any(sharded.values()) else {}
-        if group:
-            cpu = False
-        world = PartialState(cpu=cpu, **group).num_processes
-        per_step = r.train.batch_size * world
-        if r.train.global_batch_size % per_step:
-            raise RecipeError(
-                f"{r.source}: train.global_batch_size={r.train.global_batch_size} is not a multiple of "
-                f"train.batch_size x processes = {r.train.batch_size} x {world}"
-            )
-        self.accumulation = r.train.global_batch_size // per_step
-        self.accelerator = Accelerator(
-            cpu=cpu,
-            mixed_precision=precision,
-            gradient_accumulation_steps=self.accumulation,
-            kwargs_handlers=[InitProcessGroupKwargs(**group)] if group else None,
-            log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
-        )
-        if fsdp_on_cpu:
-            _enable_fsdp(self.accelerator)
+        self.accelerator, self.accumulation = make_accelerator(r, self.out)
         self.main = self.accelerator.is_main_process
         if not self.resume and list_checkpoints(self.out):
             raise RecipeError(
@@ -183,12 +131,11 @@ class Trainer:
             )
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(f".{CHECKPOINT_PREFIX}*.tmp"):  # a checkpoint a killed run did not finish
-                shutil.rmtree(stale, ignore_errors=True)
+            remove_unfinished(self.out)
         set_seed(r.train.seed)
         self.sources = self._open_sources()
         self.tokenizer = self._tokenizer()
-        with self._whole_model_init():
+        with whole_model_init(self.accelerator):
             self.model, reports = build_model(r, self.tokenizer)
         c = self.model.config
         ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}
@@ -213,15 +160,7 @@ class Trainer:
             num_training_steps=self.max_steps,
             scheduler_specific_kwargs={"min_lr": r.optim.min_lr} if r.optim.scheduler == "cosine" else None,
         )
-        deepspeed = self.accelerator.state.deepspeed_plugin
-        if deepspeed is not None:  # the recipe, not the accelerate config file, sets the batch shape and clipping
-            self._configure_deepspeed(deepspeed.deepspeed_config)
-        fsdp = getattr(self.accelerator.state, "fsdp_plugin", None)  # absent unless FSDP runs
-        if fsdp is not None and fsdp.transformer_cls_names_to_wrap is None:
-            # accelerate wraps every class of _no_split_modules and fails on one the model lacks (a Vary-tiny
-            # has no CLIP): wrap the block classes this model has.
-            present = {type(m).__name__ for m in self.model.modules()}
-            fsdp.transformer_cls_names_to_wrap = [n for n in self.model._no_split_modules if n in present]
+        configure_sharding(self.accelerator, r, self.accumulation, self.model)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it once
         # per process); registering it puts it in every checkpoint.
@@ -231,37 +170,6 @@ class Trainer:
         self.loader = self._loader()
         self.eval_sets = self._eval_sets()
         self.accelerator.init_trackers("run", init_kwargs={"tensorboard": {"purge_step": self.state.step + 1}})
-
-    @contextlib.contextmanager
-    def _whole_model_init(self):
-        """Build the model whole under ZeRO-3 unless the config sets zero3_init_flag. accelerate's ZeRO-3 plugin
-        registers its config with transformers as soon as it exists, flag or not, and transformers then builds
-        every `from_config` sub-model under deepspeed.zero.Init; VaryForCausalLM's weight init cannot touch such
-        empty partitioned tensors ("index 0 is out of bounds for dimension 0")."""
-        plugin = self.accelerator.state.deepspeed_plugin
-        if plugin is None or plugin.is_zero3_init_enabled():
-            yield
-            return
-        from transformers.integrations import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-        try:
-            yield
-        finally:
-            plugin.set_deepspeed_weakref()  # registered again: transformers gathers ZeRO-3 shards where needed
-
-    def _configure_deepspeed(self, config: dict) -> None:
-        """No DataLoader goes through prepare(), so DeepSpeed is told the micro-batch; accumulation and
-        clipping come from the recipe too (a value in the accelerate config file would silently win).
-        DeepSpeed then clips, scales the loss by 1/accumulation and averages gradients over processes itself."""
-        r = self.recipe
-        config["train_micro_batch_size_per_gpu"] = r.train.batch_size
-        config["gradient_accumulation_steps"] = self.accumulation
-        config["train_batch_size"] = r.train.global_batch_size
-        config["gradient_clipping"] = r.optim.max_grad_norm  # 0 = no clipping, as in the recipe
-        zero = config.setdefault("zero_optimization", {})
-        if zero.get("stage") == 3:  # save_model() needs the full weights gathered from the shards
-            zero["stage3_gather_16bit_weights_on_model_save"] = True
 
     def _print(self, text: str) -> None:
         if self.main and self.progress:
@@ -362,14 +270,7 @@ class Trainer:
     def _loader(self) -> DataLoader:
         r, acc = self.recipe, self.accelerator
         processor = self.processor
-        augment = None
-        if r.data.augment:
-            try:
-                from vary.data.augment import augment_document
-            except ImportError:
-                self._print("warning: vary.data.augment is not available; training without augmentation")
-            else:
-                augment = augment_document
+        augment = augment_document if r.data.augment else None
         self.dataset = VaryTrainDataset(self.sources, processor, r.data.max_length, augment, seed=r.train.seed,
                                         features=self.feature_files)  # fmt: skip
         sampler = MixtureSampler(
@@ -398,7 +299,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Held-out loss of each eval source, with its own images and with other samples' images (the gap
-        shows whether the model reads; see vary.train.heldout). Written to eval.jsonl and TensorBoard.
+        shows whether the model reads; see vary.train.losses). Written to eval.jsonl and TensorBoard.
 
         Every process scores the same samples: under FSDP and ZeRO-3 all of them must run each forward, and
         the sets are small."""
@@ -436,10 +337,7 @@ class Trainer:
                 self._print(f"--resume: no checkpoint in {self.out}; starting from step 0")
                 return
             path = found[-1]
-        if not (path / STATE_FILE).is_file():
-            raise DataError(f"{path}: not a complete checkpoint (no {STATE_FILE})")
-        self.accelerator.load_state(str(path))
-        self.state = TrainState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
+        self.state = TrainState(**load_checkpoint(self.accelerator, path))
         if self.state.step > self.max_steps:
             raise DataError(f"{path}: checkpoint at step {self.state.step} is past train.max_steps={self.max_steps}")
         if self.main:  # drop log lines of steps after the checkpoint: they are about to be redone
@@ -448,28 +346,8 @@ class Trainer:
         self._print(f"resumed from {path} at step {self.state.step}")
 
     def save_checkpoint(self) -> Path:
-        acc, step = self.accelerator, self.state.step
-        final = self.out / f"{CHECKPOINT_PREFIX}{step:07d}"
-        tmp = self.out / f".{CHECKPOINT_PREFIX}{step:07d}.tmp"
-        if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # every process writes its own RNG state (and, for FSDP, its shard)
-        acc.wait_for_everyone()  # save_state can return on rank 0 while other ranks still write into tmp
-        if self.main:
-            (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1), encoding="utf-8")
-            self.model_config.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.out)
-            for old in list_checkpoints(self.out)[: -self.recipe.train.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
+        return save_checkpoint(self.accelerator, self.out, self.state.step, asdict(self.state), self.model_config,
+                               self.tokenizer, self.recipe.train.keep_last)  # fmt: skip
 
     def save_model(self) -> Path:
         """The final model as a plain `save_pretrained` folder (gathered from FSDP/ZeRO-3 shards if need be)."""
@@ -588,38 +466,6 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         scalars = {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"}
         self.accelerator.log({f"train/{k}": v for k, v in scalars.items()}, step=record["step"])
-
-
-def _enable_fsdp(accelerator: Accelerator) -> None:
-    """FSDP on CPU processes: accelerate's state machine only selects its FSDP plugin for GPU-type process
-    groups, while torch's FSDP2 shards over gloo on CPU too. Set the state accelerate would have set, with the
-    plugin built from the same FSDP_* variables `accelerate launch --config_file fsdp.yaml` exports."""
-    from accelerate import FullyShardedDataParallelPlugin
-    from accelerate.utils import DistributedType
-
-    plugin = FullyShardedDataParallelPlugin()
-    if plugin.fsdp_version != 2:
-        raise RecipeError("FSDP on CPU is supported with fsdp_version: 2 (FSDP2) in the accelerate config only")
-    accelerator.state.fsdp_plugin = plugin
-    accelerator.state.distributed_type = DistributedType.FSDP
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file of a checkpoint before it is renamed into place."""
-    for file in path.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
 
 
 def train(recipe: Recipe, resume: bool | str | Path = False, **kwargs) -> TrainState:

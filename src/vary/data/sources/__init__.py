@@ -39,7 +39,7 @@ SOURCES: dict[str, str | type] = {
     "blocks": "vary.data.sources.blocks:BlocksSource",
     "tables": "vary.data.sources.tables:TableSource",
     "charts": "vary.data.sources.charts:ChartSource",
-    "latex": "vary.data.sources.latex:LatexSource",
+    "latex": "vary.data.sources.latex.source:LatexSource",
     "natural": "vary.data.sources.natural:NaturalSource",
 }
 

@@ -16,11 +16,10 @@ Options (all `--option key=value`):
   font_style none         e.g. "sans" or "serif-bold" (see vary.data.fonts.find_fonts)
   place      "margin"     "anywhere": move the block to a random spot where it fits (drawn after the text, so the
                           text is the same as with "margin"). With text always at the top-left margin a model
-                          learns to read only there: words-more3 read 45 of 67 held-out words in place, 0 of
-                          50 moved 120 px right (reports/training/nano-ocr/README.md)
+                          learns to read only there (reports/training/nano-ocr/README.md)
   boxes      false        true: also record meta["char_boxes"], one [left, top, right, bottom] in image pixels
                           per character of the target, newlines left out (glyph ink; whitespace: its advance).
-                          For objectives that need to know where each character is (vision_warmup.py).
+                          For objectives that need to know where each character is (vary.train.vision_warmup).
 """
 
 from __future__ import annotations

@@ -12,14 +12,13 @@ Target: ``CHART_ANSWER_PREFIX`` + a python-dict literal, series and keys in plot
     one series:  {'title': 'T', 'data': {'x1': 3.5, 'x2': 4.0}}
     several:     {'title': 'T', 'data': {'series A': {'x1': 3.5, ...}, 'series B': {...}}}
 Every value is printed on the chart with exactly the digits the target holds, and the plotted number is
-that rounded value, so the image determines the target. ``parse_chart_answer`` reads it back.
+that rounded value, so the image determines the target. ``vary.chart_answer.parse_chart_answer`` reads it back.
 A chart whose texts would leave the canvas or whose value labels would overlap is redrawn from the
 same rng (still deterministic) and skipped after a few tries.
 """
 
 from __future__ import annotations
 
-import ast
 import math
 import random
 import textwrap
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import fontManager
 from PIL import Image
 
+from vary.chart_answer import parse_chart_answer  # noqa: F401  (importable from here too)
 from vary.data.fonts import find_fonts
 from vary.data.sample import Sample, SkipSample
 from vary.data.sources import option_flag
@@ -45,7 +45,6 @@ FAMILIES = ("matplotlib", "echarts")
 FIG_SIDE_IN = 10.24  # longest figure side: the layout is designed at 1024 px / 100 dpi; `size` scales the dpi
 # (height / width, probability): square, matplotlib's 4:3, pyecharts' wide default, portrait
 ASPECTS = ((1.0, 0.35), (0.75, 0.35), (0.5625, 0.15), (4 / 3, 0.15))
-MAX_ANSWER_CHARS = 100_000  # parse_chart_answer refuses longer inputs (literal_eval cost)
 
 # --- themes -------------------------------------------------------------------------------------------
 
@@ -209,34 +208,6 @@ class Chart:
         else:
             data = "{" + ", ".join(f"{s.name!r}: {mapping(s)}" for s in self.series) + "}"
         return CHART_ANSWER_PREFIX + "{" + f"'title': {self.title!r}, 'data': {data}" + "}"
-
-
-def parse_chart_answer(text: str) -> dict:
-    """Parse a chart answer (with or without CHART_ANSWER_PREFIX) into {'title': ..., 'data': ...}.
-
-    Uses ast.literal_eval, never eval: model output is untrusted. Raises ValueError saying what is wrong.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"chart answer must be a str, got {type(text).__name__}")
-    body = text.strip()
-    if body.startswith(CHART_ANSWER_PREFIX.strip()):
-        body = body[len(CHART_ANSWER_PREFIX.strip()) :].strip()
-    if len(body) > MAX_ANSWER_CHARS:
-        raise ValueError(f"chart answer is too long ({len(body)} chars > {MAX_ANSWER_CHARS})")
-    try:
-        value = ast.literal_eval(body)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
-        raise ValueError(
-            f"chart answer is not a python-dict literal ({err.__class__.__name__}: {err}): {body[:80]!r}"
-        ) from None
-    if not isinstance(value, dict):
-        raise ValueError(f"chart answer must be a dict, got {type(value).__name__}: {body[:80]!r}")
-    missing = [k for k in ("title", "data") if k not in value]
-    if missing:
-        raise ValueError(f"chart answer dict lacks key(s) {missing}: {body[:80]!r}")
-    if not isinstance(value["data"], dict):
-        raise ValueError(f"chart answer 'data' must be a dict, got {type(value['data']).__name__}")
-    return value
 
 
 def _clip(text: str, lang: str, max_chars: int) -> str:

@@ -24,26 +24,10 @@ from PIL import Image, ImageDraw
 
 from vary.data.fonts import draw_text, find_fonts, load_font, text_width
 from vary.data.sample import Sample
-from vary.data.text import TextCorpus, get_faker
+from vary.data.text import TextCorpus, get_faker, latex_escape
 
 STYLES = ("grid", "booktabs", "rows", "header")
 FORMATS = ("markdown", "latex", "mix")
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 
 def to_markdown(header: list[str], rows: list[list[str]], align: list[str]) -> str:

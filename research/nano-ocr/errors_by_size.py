@@ -7,7 +7,7 @@ over all samples: single words read exactly, and for lines of several words, how
 many later words were read.
 
     vary eval run --data data/heldout/words-en --model runs/words-more2/model --out /tmp/ev --limit 50
-    python reports/training/nano-ocr/errors_by_size.py --results /tmp/ev/results.json --data data/heldout/words-en
+    python research/nano-ocr/errors_by_size.py --results /tmp/ev/results.json --data data/heldout/words-en
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The shift probe (reports/training/nano-ocr/shift_probe.py) moves an image by whole token cells."""
+"""The shift probe (shift_probe.py beside this file) moves an image by whole token cells.
+
+python3 -m pytest -q research/nano-ocr/test_shift_probe.py
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports" / "training" / "nano-ocr"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # research scripts are not a package
 from shift_probe import moved  # noqa: E402
 
 

@@ -4,10 +4,10 @@
 # the chain), time PROBE bf16 steps to learn the step rate, then train with a cosine schedule sized to end inside
 # BUDGET seconds, and write the model in float16 (as the checkpoint folder holds it) to EXPORT.
 #
-#   EXPORT=/tmp/gpu-model BUDGET=480 bash reports/training/nano-ocr/continue_gpu.sh
-#   DIV=400 BUDGET=300 BATCH=4 WORKERS=1 PROBE=20 PRECISION=no bash reports/training/nano-ocr/continue_gpu.sh  # CPU smoke test
+#   EXPORT=/tmp/gpu-model BUDGET=480 bash research/nano-ocr/continue_gpu.sh
+#   DIV=400 BUDGET=300 BATCH=4 WORKERS=1 PROBE=20 PRECISION=no bash research/nano-ocr/continue_gpu.sh  # CPU smoke test
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../.."
 START=$(date +%s)
 BUDGET=${BUDGET:-480}             # seconds for all of it, data and export included
 DIV=${DIV:-1}                     # divides every sample count
@@ -18,7 +18,7 @@ LR=${LR:-8e-4}                    # read5 used 5e-4 at a batch of 16; a batch of
 PRECISION=${PRECISION:-bf16}
 RUN=${RUN:-runs/gpu-continue}
 EXPORT=${EXPORT:-$RUN/model-fp16}
-source reports/training/nano-ocr/gpu_env.sh
+source research/nano-ocr/gpu_env.sh
 elapsed() { echo $(($(date +%s) - START)); }
 
 # Blocks of 1-8 lines at the issue's held-out type sizes (the generator's default font), blocks placed anywhere,

@@ -1,7 +1,8 @@
-"""Held-out loss: does the model read the image, or only the language of its targets?
+"""The answer-token loss: what training minimises (`token_loss_sum`), and the held-out check of whether the
+model reads the image or only the language of its targets (`heldout_losses`).
 
-The answer-token loss on held-out samples with each sample's own image, and with the next sample's image in
-its place. A model that reads shows a clear gap between the two. A model that has only learnt the targets'
+The held-out check is that loss on held-out samples with each sample's own image, and with the next sample's
+image in its place. A model that reads shows a clear gap between the two. A model that has only learnt the targets'
 language, or whose vision encoder collapsed to an image-independent output, shows none: its training loss
 still falls, so the training loss alone cannot tell the two apart.
 """

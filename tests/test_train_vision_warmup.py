@@ -1,23 +1,23 @@
-"""The vision warm-up's targets (reports/training/nano-ocr/vision_warmup.py): each image token must be asked to
-redraw its own cell, in the order the vision vocabulary emits its tokens, name the answer's characters and,
-from the blocks source's glyph boxes, the characters in its own cell."""
+"""The vision warm-up (vary.train.vision_warmup): each image token must be asked to redraw its own cell, in the
+order the vision vocabulary emits its tokens, name the answer's characters and, from the blocks source's glyph
+boxes, the characters in its own cell; a short run trains only the vision side and saves a loadable model."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from vary.cli import app
 from vary.data.dataset import open_source
 from vary.data.engine import GenerateConfig, generate
+from vary.modeling.loading import load_model
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import train_char_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports" / "training" / "nano-ocr"))
-from vision_warmup import (  # noqa: E402
+from vary.train.vision_warmup import (
     CharacterHead,
+    WarmupConfig,
+    WarmupError,
     WarmupImages,
     cell_accuracy,
     cell_characters,
@@ -25,7 +25,10 @@ from vision_warmup import (  # noqa: E402
     character_set,
     ink_cells,
     nano_model,
+    warm_up,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -107,5 +110,46 @@ def test_warmup_images_label_cells_from_the_generated_boxes(tmp_path):
         cell = int((top + bottom) / 2 / 64) * 6 + int((left + right) / 2 / 64)
         assert item["cells"][cell, tokenizer.convert_tokens_to_ids(answer[0])] == 1
     plain = WarmupImages([open_source(tmp_path / "plain", progress=False)], processor, grid=6, cells=True)
-    with pytest.raises(SystemExit, match="boxes=true"):
+    with pytest.raises(WarmupError, match="boxes=true"):
         plain[(0, 0, 0)]
+
+
+@pytest.fixture(scope="module")
+def boxed_blocks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("warmup")
+    options = {"lines": "1", "font": "0.15-0.2", "boxes": "true"}
+    generate(GenerateConfig("blocks", folder / "train", count=4, size=384, options=options, progress=False))
+    generate(GenerateConfig("blocks", folder / "heldout", count=2, size=384, seed=1000, options=options,
+                            progress=False))  # fmt: skip
+    return folder
+
+
+def test_warm_up_trains_the_vision_side_only_and_saves_a_loadable_model(boxed_blocks, tmp_path):
+    logged = []
+    config = WarmupConfig(data=[str(boxed_blocks / "train")], heldout=str(boxed_blocks / "heldout"),
+                          out=tmp_path / "warm", steps=2, batch_size=2, eval_every=1, workers=0, device="cpu",
+                          pixel_weight=1.0, cell_weight=1.0)  # fmt: skip
+    out = warm_up(config, progress=False, log=logged.append)
+    assert len(logged) == 2 and all("precision/recall" in line and "cells read right" in line for line in logged)
+    warmed = load_model(out)
+    torch.manual_seed(config.seed)  # warm_up builds its model right after seeding: this is its starting point
+    fresh = nano_model(warmed.config.text_config.vocab_size)
+    before, after = fresh.state_dict(), warmed.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("vision_vocab.") for k in changed)
+    assert any(k.startswith("projector_vary.") for k in changed)
+    assert not any(k.startswith("language_model.") for k in changed)  # the decoder is left for the recipe
+
+
+def test_cell_objective_needs_a_character_tokenizer(boxed_blocks, tiny_model_dir, tmp_path):
+    config = WarmupConfig(data=[str(boxed_blocks / "train")], heldout=str(boxed_blocks / "heldout"),
+                          out=tmp_path / "warm", steps=1, batch_size=1, workers=0, device="cpu",
+                          tokenizer=str(tiny_model_dir), cell_weight=1.0)  # fmt: skip
+    with pytest.raises(WarmupError, match="character tokenizer"):
+        warm_up(config, progress=False)
+
+
+def test_cli_warmup_reports_a_missing_folder_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["train", "warmup", "--data", str(tmp_path / "nope"), "--heldout",
+                                      str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output

@@ -2,8 +2,8 @@
 # Greedy scores of one model on the held-out sets of the report's tables: edit distance, then by type size and
 # word position (errors_by_size.py). Results stay in /tmp/ev-TAG-SET/ (report.md, results.json).
 #
-#   bash reports/training/nano-ocr/score.sh runs/read1/model read1
-#   SETS="blocks-en-mid-margin" bash reports/training/nano-ocr/score.sh runs/read1/model read1
+#   bash research/nano-ocr/score.sh runs/read1/model read1
+#   SETS="blocks-en-mid-margin" bash research/nano-ocr/score.sh runs/read1/model read1
 set -euo pipefail
 MODEL=$1 TAG=$2
 SETS=${SETS:-"words-en-anywhere lines-en-anywhere lines-en-small-anywhere blocks-en-mid-margin"}

@@ -8,7 +8,7 @@ cosine similarity of its image token (what the decoder sees, after the projector
 place, with the token left at the old place, and with another image's token at the same place. An encoder
 that follows the text gives ~1 for the first and far less for the other two.
 
-    python reports/training/nano-ocr/shift_probe.py --model runs/words-more3/model --data data/heldout/words-en
+    python research/nano-ocr/shift_probe.py --model runs/words-more3/model --data data/heldout/words-en
 """
 
 from __future__ import annotations

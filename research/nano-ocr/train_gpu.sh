@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The nano-ocr recipe at GPU scale in one command: generate ~200k training samples (seeds 100+; the held-out
-# sets use 1000+) on all CPU cores, warm the vision vocabulary up alone (vision_warmup.py: redraw each cell,
+# sets use 1000+) on all CPU cores, warm the vision vocabulary up alone (`vary train warmup`: redraw each cell,
 # name the characters), then train stage 1 (nano-ocr-read, on that frozen encoder) and stage 2 (nano-ocr) in
 # bf16 with a batch of 64. STATUS: checked end to end on a CPU only, with DIV=1000 (tiny data) and a few
 # steps; it has not run on a GPU yet, so the step counts below are a plan, not a measured recipe.
 #
-#   bash scripts/setup.sh && bash reports/training/nano-ocr/train_gpu.sh
-#   DIV=1000 WARM_STEPS=4 READ_STEPS=4 FINE_STEPS=4 BATCH=4 WORKERS=0 bash reports/training/nano-ocr/train_gpu.sh  # CPU smoke test
+#   bash scripts/setup.sh && bash research/nano-ocr/train_gpu.sh
+#   DIV=1000 WARM_STEPS=4 READ_STEPS=4 FINE_STEPS=4 BATCH=4 WORKERS=0 bash research/nano-ocr/train_gpu.sh  # CPU smoke test
 #
 # On a machine without network access, carry the Python 3.12 wheels of the missing packages in .whl/ and the
 # fonts in .devcarry/fonts (see subset_fonts.py): they are installed first when present.
@@ -44,7 +44,7 @@ blocks --lang zh --count 100 --seed 1000 --workers 1 --out $H/blocks-zh -o zh_ch
 for pid in "${PIDS[@]}"; do wait "$pid"; done  # set -e: a failed generator stops the run here
 echo "data: $(($(date +%s) - START)) s"
 
-python3 reports/training/nano-ocr/vision_warmup.py --out runs/vision-warmup --heldout $H/words-en \
+vary train warmup --out runs/vision-warmup --heldout $H/words-en \
   --data $D/words-en --data $D/lines-en --data $D/blocks-en-line --data $D/blocks-en --data $D/words-zh --data $D/blocks-zh \
   --steps $WARM_STEPS --lr 3e-4 --pixel-weight 1 --cell-weight $CELL_WEIGHT --batch-size $BATCH --workers $WORKERS \
   --eval-every 500

@@ -7,7 +7,7 @@ distribution). Two controls show the decoder itself can read:
   --cheat all   the image tokens are replaced by a fixed random code of the first answer character;
   --cheat one   the code sits in one image token, zeros elsewhere.
 
-    python reports/training/nano-ocr/reading_probe.py --data data/nano-ocr/chars-en --tokenizer runs/nano-ocr-read/tokenizer
+    python research/nano-ocr/reading_probe.py --data data/nano-ocr/chars-en --tokenizer runs/nano-ocr-read/tokenizer
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from vision_warmup import nano_model
 
 from vary.data.dataset import Collator, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
-from vary.train.heldout import answer_tokens, token_loss_sum
+from vary.train.losses import answer_tokens, token_loss_sum
+from vary.train.vision_warmup import nano_model
 
 
 def main() -> None:

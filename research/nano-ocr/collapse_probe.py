@@ -5,7 +5,7 @@ ink) for 16 fixed images. Every 10 steps it prints the reconstruction loss (mean
 targets' variance: 1.0 is one grey level everywhere) and the across-image std of the tokens relative to their
 overall std ("spread": ~0 means every image gives the same tokens); at the end, the spread after every stage.
 
-    python reports/training/nano-ocr/collapse_probe.py --data data/heldout/words-en --tokenizer runs/words-joint/tokenizer
+    python research/nano-ocr/collapse_probe.py --data data/heldout/words-en --tokenizer runs/words-joint/tokenizer
     ... --random-head      # the head starts random instead of at zero
     ... --freeze-vision    # only the projector and head learn
 """
@@ -17,11 +17,11 @@ import argparse
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vision_warmup import ink_cells, nano_model, spread
 
 from vary.data.dataset import Collator, VaryTrainDataset, open_source
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
+from vary.train.vision_warmup import ink_cells, nano_model, spread
 
 
 def stage_spreads(model: nn.Module, pixels: torch.Tensor) -> dict[str, float]:

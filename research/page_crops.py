@@ -6,7 +6,7 @@ glyphs of a large page (here those of a 1024 px page: 14-22 px body text) on a s
 sample is a few exact lines. Implemented as a PagesSource whose style keeps the full-page font but draws
 on a crop-sized canvas (margins and gutter scaled down), so the target is exactly what is drawn.
 
-    python reports/training/page_crops.py --out data/pilot/crops --count 4000 --size 384
+    python research/page_crops.py --out data/pilot/crops --count 4000 --size 384
 """
 
 from __future__ import annotations

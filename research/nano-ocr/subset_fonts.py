@@ -2,7 +2,7 @@
 nano-ocr data uses (~0.7-1 MB each instead of 20-27 MB): for a machine without network access or font
 packages, where they go to ~/.fonts (see train_gpu.sh).
 
-    python reports/training/nano-ocr/subset_fonts.py --out .devcarry/fonts
+    python research/nano-ocr/subset_fonts.py --out .devcarry/fonts
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Does a trained model read the image? Answer-token loss on held-out shards with each sample's own image,
-with the next sample's image (vary.train.heldout) and with blank images.
+with the next sample's image (vary.train.losses) and with blank images.
 
 If the loss with the true images is not clearly below the other two, the model has learnt the language of
 the targets (their structure and word statistics) but not yet to read: the plateau the pilot asks about.
 
-    python reports/training/image_ablation.py --model runs/pilot/model --data data/pilot/heldout --samples 64
+    python research/image_ablation.py --model runs/pilot/model --data data/pilot/heldout --samples 64
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 import vary
 from vary.data.dataset import VaryTrainDataset, open_source
-from vary.train.heldout import OWN_AND_OTHER, heldout_losses
+from vary.train.losses import OWN_AND_OTHER, heldout_losses
 
 
 def main() -> None:
