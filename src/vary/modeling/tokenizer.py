@@ -11,6 +11,7 @@ a stock QWen tokenizer lacks them and would silently drop every image.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -83,12 +84,20 @@ def _own_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
 
 
+@functools.lru_cache(maxsize=4)
+def _converted_tiktoken(path: str, size: int, mtime_ns: int) -> str:
+    """The BPE built from a ranks file, as JSON. Deriving 151k merges from ranks takes seconds; a process that
+    loads several Qwen-family models (tests, a server reloading) pays it once per file version (size, mtime)."""
+    try:
+        return TikTokenConverter(vocab_file=path, pattern=QWEN_PATTERN).converted().to_str()
+    except Exception as err:
+        raise TokenizerError(f"{path}: not a tiktoken ranks file ({err})") from err
+
+
 def qwen_tokenizer(ranks_file: Path) -> PreTrainedTokenizerFast:
     """QWen's tiktoken ranks -> a fast BPE tokenizer (transformers' TikTokenConverter), specials appended in order."""
-    try:
-        backend = TikTokenConverter(vocab_file=str(ranks_file), pattern=QWEN_PATTERN).converted()
-    except Exception as err:
-        raise TokenizerError(f"{ranks_file}: not a tiktoken ranks file ({err})") from err
+    stat = Path(ranks_file).stat()
+    backend = Tokenizer.from_str(_converted_tiktoken(str(Path(ranks_file).resolve()), stat.st_size, stat.st_mtime_ns))
     first_special = backend.get_vocab_size()
     backend.add_special_tokens(QWEN_SPECIAL_TOKENS)
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
