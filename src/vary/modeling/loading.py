@@ -17,8 +17,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "qwen.tiktoken", "
                    "added_tokens.json", "special_tokens_map.json")  # fmt: skip
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> VaryForCausalLM:
-    """Load a model folder; official checkpoints are converted on the fly (`overrides` set their preprocessing)."""
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, allow_missing: bool = False, **overrides: Any
+) -> VaryForCausalLM:
+    """Load a model folder; official checkpoints are converted on the fly (`overrides` set their preprocessing).
+
+    Every weight of the model must be in the checkpoint: a missing tensor would silently stay at random
+    values (transformers only logs it). `allow_missing=True` is the opt-out for a deliberate partial load.
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
@@ -28,9 +34,17 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides
     if config.get("model_type") != "vary":
         raise CheckpointError(f"{path}/config.json: model_type {config.get('model_type')!r} is not a Vary model")
     try:
-        model = VaryForCausalLM.from_pretrained(path, dtype=dtype, **overrides)
+        model, info = VaryForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **overrides)
     except OSError as err:
         raise CheckpointError(f"{path}: {err}") from err
+    problems = {"missing": sorted(info["missing_keys"]), "with the wrong shape": sorted(info["mismatched_keys"])}
+    problems = {what: keys for what, keys in problems.items() if keys}
+    if problems and not allow_missing:
+        raise CheckpointError(
+            f"{path}: incomplete checkpoint, "
+            + "; ".join(f"{len(keys)} weight(s) {what} (e.g. {keys[0]})" for what, keys in problems.items())
+            + " - they would be random; pass allow_missing=True only for a deliberate partial load"
+        )
     return model.eval()
 
 
@@ -53,7 +67,7 @@ def convert(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float32
         raise CheckpointError(f"{dst}: the output folder must not be the input folder")
     if official_family(read_config(src)) is None and overrides:
         raise CheckpointError(f"{src}: our checkpoints carry their own preprocessing; only official ones take it")
-    model = load_model(src, dtype=dtype, **overrides)
+    model = load_model(src, dtype=dtype, **overrides)  # strict: never write a complete-looking partial model
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
     for name in TOKENIZER_FILES:
