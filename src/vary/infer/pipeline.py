@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from vary.assets import bundled_model_dir
-from vary.infer.documents import Page
+from vary.infer.documents import DocumentError, Page
 from vary.infer.generation import (
     CancelCriteria,
     GenerationSettings,
@@ -97,6 +97,21 @@ def page_record(page: Page, result: Result, task: str) -> dict:
     return record
 
 
+def check_device(device: str) -> None:
+    """A clear ValueError for a device this machine does not have (instead of a traceback from .to())."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r}: {err}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """None/"auto": float32 on CPU (bf16 is emulated there, 15-30x slower), bfloat16 or float16 on a GPU."""
     if isinstance(dtype, torch.dtype):
@@ -136,6 +151,7 @@ class Pipeline:
                 raise FileNotFoundError(
                     "no model folder given and this install has no bundled model (vary/assets/model)"
                 )
+        check_device(device)
         model, processor = load(path, dtype=resolve_dtype(dtype, device))
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.
@@ -258,15 +274,37 @@ class Pipeline:
         return parse_chart(self.run(image, "chart", **overrides))
 
     def run_pages(
-        self, pages: Iterable[Page], task: str = "ocr", question: str | None = None, batch_size: int = 4, **overrides
+        self,
+        pages: Iterable[Page],
+        task: str = "ocr",
+        question: str | None = None,
+        batch_size: int = 4,
+        cancel: threading.Event | None = None,
+        errors: list[tuple[Page, DocumentError]] | None = None,
+        **overrides,
     ) -> Iterator[tuple[Page, Result]]:
-        """Document pages (see documents.py) in batches, rendered lazily; yields (page, result) in order."""
+        """Document pages (see documents.py) in batches, rendered lazily; yields (page, result) in order.
+
+        `cancel` (set from another thread) stops generation at the next token and skips the remaining pages.
+        With `errors` (a list), a page that cannot be decoded is appended as (page, error) and skipped, so one
+        corrupt file does not cost the others' results; without it the error is raised."""
         instruction = self.instruction(task, question)
         pages = list(pages)
         for start in range(0, len(pages), batch_size):
-            chunk = pages[start : start + batch_size]
-            results = self.generate([page.image() for page in chunk], instruction, task, **overrides)
-            yield from zip(chunk, results, strict=True)
+            if cancel is not None and cancel.is_set():
+                return
+            chunk, images = [], []
+            for page in pages[start : start + batch_size]:
+                try:
+                    images.append(page.image())
+                    chunk.append(page)
+                except DocumentError as err:
+                    if errors is None:
+                        raise
+                    errors.append((page, err))
+            if chunk:
+                results = self.generate(images, instruction, task, cancel=cancel, **overrides)
+                yield from zip(chunk, results, strict=True)
 
     def stream(self, image: ImageInput, task: str = "ocr", question: str | None = None, **overrides) -> TextStream:
         """Text chunks as they are generated; the final Result is `.result` once the stream is exhausted."""
