@@ -100,7 +100,9 @@ def ocr_documents(
             bar.update(1)
         reported = len(errors or [])
 
-    for page, result in pipeline.run_pages(all_pages, task, question, batch_size=batch_size, errors=errors, **overrides):
+    for page, result in pipeline.run_pages(
+        all_pages, task, question, batch_size=batch_size, errors=errors, **overrides
+    ):
         report_errors()
         name = names[(id(page.document), page.number)]
         record = page_record(page, result, task)
