@@ -11,6 +11,7 @@ Data problems (no ground truth, unreadable image, duplicate id) are found once p
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import os
 import platform
 import time
@@ -40,6 +41,7 @@ class SampleResult:
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float | None = None
     error: str | None = None
+    lang: str | None = None  # the language an OCR engine ran, when it says (baselines.Prediction)
 
 
 @dataclass
@@ -91,9 +93,22 @@ def summarize(samples: list[dict[str, Any]], data_errors: list[dict[str, str]] =
             "unsupported": len(group) - len(scored),
             "data_errors": bad_data.get(subset, 0),
             "seconds": sum(times) / len(times) if times else None,
+            **({"langs": langs} if (langs := _count_langs(scored)) else {}),
             **{key: sum(values) / len(values) for key, values in sums.items()},
         }
     return dict(out)
+
+
+def _count_langs(samples: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for s in samples:
+        if s.get("lang"):
+            counts[s["lang"]] += 1
+    return dict(counts)
+
+
+def _takes_lang(predictor: Predictor) -> bool:
+    return "lang" in inspect.signature(predictor.predict).parameters
 
 
 def _unique_names(predictors: Sequence[Predictor]) -> list[str]:
@@ -159,8 +174,10 @@ def _predict_one(record: EvalRecord, image, predictor: Predictor, name: str, fox
         status="ok", prediction=None, reference=record.reference,
     )  # fmt: skip
     start = time.perf_counter()
+    declared = {"lang": record.meta.get("lang")} if _takes_lang(predictor) and record.meta.get("lang") else {}
     try:
-        result.prediction = predictor.predict(image, record.task, record.question)
+        prediction = predictor.predict(image, record.task, record.question, **declared)
+        result.prediction, result.lang = str(prediction), getattr(prediction, "lang", None)
     except UnsupportedTask as e:
         result.status, result.error = "unsupported", str(e)
         return result
