@@ -228,3 +228,18 @@ def test_serve_checks_host_headers_on_loopback(tiny_model_dir, monkeypatch):
     assert accepts(loopback, "localhost:8000") and not accepts(loopback, "evil.example")
     assert accepts(exposed, "evil.example")
     assert accepts(named, "ocr.example") and not accepts(named, "localhost")
+
+
+async def test_stream_time_limit_ends_with_an_error_event(pipeline):
+    waiting = WaitingPipeline(pipeline)
+    app = create_app(waiting, max_upload_mb=LIMIT_MB, queue_size=1, request_timeout_s=0.3)
+    body, headers = multipart("/v1/ocr/stream", "p.png", make_png())
+    start = time.perf_counter()
+    response = await Exchange("/v1/ocr/stream", body, headers).run(app)
+    assert response.status == 200 and b"event: error" in response.body and b'"status": 504' in response.body
+    assert time.perf_counter() - start < 5 and app.state.admission.in_use == 0
+    for _ in range(100):  # the generation thread sees the cancel within a token
+        if waiting.cancelled:
+            break
+        await anyio.sleep(0.05)
+    assert waiting.cancelled

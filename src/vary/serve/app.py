@@ -301,13 +301,17 @@ async def _stream_events(
             image = await to_thread.run_sync(page.image)
             stream = await to_thread.run_sync(lambda image=image: pipeline.stream(image, task, question, **overrides))
             chunks = iter(stream)
-            while (chunk := await to_thread.run_sync(next, chunks, None)) is not None:
-                yield _sse("delta", {"page": page.number, "text": chunk})
-                if time.perf_counter() > deadline:
-                    stream.cancel()
-                    yield _sse("error", {"error": f"stopped after the {timeout_s:g} s per-request time limit",
-                                         "status": 504})  # fmt: skip
-                    return
+            while True:
+                with anyio.move_on_after(deadline - time.perf_counter()):  # the wait for a chunk counts too
+                    chunk = await to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)
+                    if chunk is None:
+                        break
+                    yield _sse("delta", {"page": page.number, "text": chunk})
+                    continue
+                stream.cancel()  # the time limit passed (the abandoned next() returns once generation stops)
+                yield _sse("error", {"error": f"stopped after the {timeout_s:g} s per-request time limit",
+                                     "status": 504})  # fmt: skip
+                return
             yield _sse("done", page_record(page, stream.result, task))
         yield _sse("end", {"pages": len(doc), "seconds": round(time.perf_counter() - start, 3)})
     except (DocumentError, ImageError) as err:
