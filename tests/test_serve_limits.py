@@ -243,3 +243,15 @@ async def test_stream_time_limit_ends_with_an_error_event(pipeline):
             break
         await anyio.sleep(0.05)
     assert waiting.cancelled
+
+
+def test_serve_on_a_missing_device_is_a_clear_error(tiny_model_dir, monkeypatch):
+    import torch
+    import uvicorn
+
+    from vary.cli import app as cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn must not start"))
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tiny_model_dir), "--device", "cuda"])
+    assert result.exit_code == 1 and "CUDA is not available" in result.stderr
