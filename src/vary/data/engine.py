@@ -361,8 +361,12 @@ def sha256_file(path: Path) -> str:
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: leave no half-written temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _versions() -> dict[str, str]:

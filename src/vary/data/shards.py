@@ -132,10 +132,14 @@ class ShardWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._tar.close()
-            self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if not self._file.closed:
+                try:
+                    self._tar.close()  # may fail again (disk full): the file is deleted anyway
+                finally:
+                    self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(path: Path) -> None:

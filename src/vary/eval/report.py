@@ -123,6 +123,11 @@ def render_markdown(run: EvalRun) -> str:
     ]
     for subset, metric in _subsets(summary).items():
         out += [f"## {subset} ({metric})", "", *subset_table(summary, subset, metric), ""]
+    langs = [(m, sub, row["langs"]) for m, subs in summary.items() for sub, row in subs.items() if row.get("langs")]
+    if langs:  # a baseline's language is part of its setting: say which one ran
+        out += ["## Languages the OCR engines ran", ""]
+        out += [f"- `{m}` on `{sub}`: " + ", ".join(f"{k} {n}" for k, n in counts.items()) for m, sub, counts in langs]
+        out.append("")
     errors = [s for s in run.samples if s["status"] == "error"]
     if errors:
         out += ["## Prediction errors (scored as empty predictions)", ""]

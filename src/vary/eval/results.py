@@ -59,6 +59,16 @@ def summarize(samples: list[dict[str, Any]], data_errors: list[dict[str, str]] =
             "unsupported": len(group) - len(scored),
             "data_errors": bad_data.get(subset, 0),
             "seconds": sum(times) / len(times) if times else None,
+            **({"langs": langs} if (langs := _count_langs(scored)) else {}),
             **{key: sum(values) / len(values) for key, values in sums.items()},
         }
     return dict(out)
+
+
+def _count_langs(samples: list[dict[str, Any]]) -> dict[str, int]:
+    """How many samples each OCR engine language read (baselines record the one they ran)."""
+    counts: dict[str, int] = defaultdict(int)
+    for s in samples:
+        if s.get("lang"):
+            counts[s["lang"]] += 1
+    return dict(counts)

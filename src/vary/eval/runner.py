@@ -11,6 +11,7 @@ Data problems (no ground truth, unreadable image, duplicate id) are found once p
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import os
 import platform
 import time
@@ -42,6 +43,11 @@ class SampleResult:
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float | None = None
     error: str | None = None
+    lang: str | None = None  # the language an OCR engine ran, when it says (baselines.Prediction)
+
+
+def _takes_lang(predictor: Predictor) -> bool:
+    return "lang" in inspect.signature(predictor.predict).parameters
 
 
 def _unique_names(predictors: Sequence[Predictor]) -> list[str]:
@@ -107,8 +113,10 @@ def _predict_one(record: EvalRecord, image, predictor: Predictor, name: str, fox
         status="ok", prediction=None, reference=record.reference,
     )  # fmt: skip
     start = time.perf_counter()
+    declared = {"lang": record.meta.get("lang")} if _takes_lang(predictor) and record.meta.get("lang") else {}
     try:
-        result.prediction = predictor.predict(image, record.task, record.question)
+        prediction = predictor.predict(image, record.task, record.question, **declared)
+        result.prediction, result.lang = str(prediction), getattr(prediction, "lang", None)
     except UnsupportedTask as e:
         result.status, result.error = "unsupported", str(e)
         return result

@@ -105,21 +105,37 @@ def ocr_documents(
     out: Path | None = None,
     batch_size: int = 4,
     progress: bool = True,
+    errors: list | None = None,
     **overrides,
 ) -> list[dict]:
-    """Run `task` on every page of the documents (documents.open_documents); a file per page in `out`, or stdout."""
+    """Run `task` on every page of the documents (documents.open_documents); a file per page in `out`, or stdout.
+
+    With `errors` (a list), a page that cannot be decoded is reported there as (page, error) and the run goes on."""
     from tqdm import tqdm
 
     from vary.infer.pipeline import page_record
 
     all_pages = [page for doc in documents for page in doc]
     names = output_names(all_pages, EXTENSIONS[task])
+    names = {(id(p.document), p.number): name for p, name in zip(all_pages, names, strict=True)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     records = []
     bar = tqdm(total=len(all_pages), unit="page", disable=not progress or len(all_pages) < 2, file=sys.stderr)
-    results = pipeline.run_pages(all_pages, task, question, batch_size=batch_size, **overrides)
-    for name, (page, result) in zip(names, results, strict=True):
+    reported = len(errors or [])
+
+    def report_errors() -> None:  # pages run_pages skipped since the last call
+        nonlocal reported
+        for _, err in (errors or [])[reported:]:
+            tqdm.write(f"error: {err}", file=sys.stderr)
+            bar.update(1)
+        reported = len(errors or [])
+
+    for page, result in pipeline.run_pages(
+        all_pages, task, question, batch_size=batch_size, errors=errors, **overrides
+    ):
+        report_errors()
+        name = names[(id(page.document), page.number)]
         record = page_record(page, result, task)
         text = json.dumps(record, ensure_ascii=False, indent=2) if task == "chart" else result.text
         if out is not None:
@@ -131,6 +147,7 @@ def ocr_documents(
             tqdm.write(f"warning: {page.label}: stopped by the repetition-loop guard", file=sys.stderr)
         records.append(record)
         bar.update(1)
+    report_errors()
     bar.close()
     return records
 
@@ -167,22 +184,33 @@ def ocr_command(
     options = dict(box=box_option(box), color=color.value if color else None, crop=crop, max_tiles=crop_max_tiles)
     if no_repeat_ngram_size is not None:
         options["no_repeat_ngram_size"] = no_repeat_ngram_size
+    if out is not None and out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file; --out takes a folder", param_hint="--out")
     model_dir = resolve_model(model)  # may download: after the arguments are checked, so a typo wastes nothing
     quiet_loading()
+    failures: list = []  # inputs that cannot be read are reported, the others still run
+    render_size = CROP_RENDER_SIZE if crop else RENDER_SIZE
+    documents = open_documents(paths, pages, render_size, errors=failures)  # every input checked before the model
+    for _, err in failures:
+        typer.secho(f"error: {err}", fg="red", err=True)
+    if not documents:
+        raise typer.Exit(1)
+    page_failures: list = []
     try:
-        render_size = CROP_RENDER_SIZE if crop else RENDER_SIZE
-        documents = open_documents(paths, pages, render_size)  # check every input before spending time on the model
         pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype)
         start = time.perf_counter()
-        records = ocr_documents(
-            pipeline, documents, task.value, question, out, batch_size, max_new_tokens=max_new_tokens, **options
-        )
+        records = ocr_documents(pipeline, documents, task.value, question, out, batch_size,
+                                errors=page_failures, max_new_tokens=max_new_tokens, **options)  # fmt: skip
     except PromptError as err:  # a task or option this model has no prompt for: a usage error
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
-    except (DocumentError, CheckpointError, TokenizerError, ValueError) as err:
+    except (DocumentError, CheckpointError, TokenizerError, ValueError, OSError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
     seconds = time.perf_counter() - start
     where = f" -> {out}" if out is not None else ""
     typer.echo(f"{len(records)} page(s) in {seconds:.1f} s ({len(records) / seconds:.2f} pages/s){where}", err=True)
+    if failures or page_failures:
+        typer.secho(f"error: {len(failures) + len(page_failures)} input(s)/page(s) failed (see above); "
+                    f"the other {len(records)} page(s) were written", fg="red", err=True)  # fmt: skip
+        raise typer.Exit(1)

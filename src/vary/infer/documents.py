@@ -1,10 +1,11 @@
 """Inputs for inference: image files and PDF pages, with page ranges and clear errors.
 
-A `Document` is one input (a path or uploaded bytes) that is either an image (one page) or a PDF (its
-selected pages, rendered on demand with PyMuPDF, the fastest renderer measured here: ~5 ms a page).
+A `Document` is one input (a path or uploaded bytes) that is either an image or a PDF (its selected
+pages, rendered on demand with PyMuPDF, the fastest renderer measured here: ~5 ms a page). An image has
+one page, except multi-page TIFFs and animated GIFs/WebPs/APNGs, whose frames are its pages.
 Everything that can be checked without decoding pixels is checked when the document is opened, so a bad
 file fails before any model work: zero-byte files, text named .png, corrupt or password-protected PDFs,
-page ranges out of bounds and images over the pixel limit (decompression bombs).
+page ranges out of bounds, images over the pixel limit (decompression bombs) and of extreme shapes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pymupdf
 from PIL import Image, UnidentifiedImageError
 
-from vary.modeling.processor import DEFAULT_MAX_PIXELS, ImageError, load_image
+from vary.modeling.processor import DEFAULT_MAX_PIXELS, ImageError, load_image, size_problem
 
 pymupdf.TOOLS.mupdf_display_errors(False)  # our DocumentError says what went wrong; no stray C-level noise
 
@@ -34,7 +35,7 @@ class Page:
     """One unit of work: page `number` (1-based) of a PDF, or the single page of an image (`number` None)."""
 
     document: Document
-    number: int | None
+    number: int | None  # None: a single-page image
 
     @property
     def label(self) -> str:
@@ -50,7 +51,7 @@ class Document:
 
     name: str
     source: Path | bytes = field(repr=False)  # a file, or uploaded bytes
-    kind: str  # "pdf" or "image"
+    kind: str  # "pdf", "image" or "frames" (a multi-page TIFF, an animated GIF)
     num_pages: int
     pages: list[int | None]  # the selected pages
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -65,16 +66,22 @@ class Document:
         pages: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         render_size: int = RENDER_SIZE,
+        single_images_ignore_pages: bool = False,
     ) -> Document:
-        """Open a path or bytes; `pages` (e.g. "1-3,7") selects PDF pages and must be None for images."""
+        """Open a path or bytes; `pages` (e.g. "1-3,7") selects the pages of a PDF or the frames of a multi-frame
+        image. A single image has one page: another range is an error, or ignored with `single_images_ignore_pages`
+        (one range for a mixed batch of inputs, as `vary ocr --pages` takes)."""
         name = name or (str(source) if isinstance(source, str | Path) else "<upload>")
         source = Path(source) if isinstance(source, str | Path) else bytes(source)
         if is_pdf(read_head(source, name)):
             pdf = open_pdf(source, name)
             selected = parse_page_range(pages, pdf.page_count, name)
             return cls(name, source, "pdf", pdf.page_count, selected, max_pixels, render_size, pdf)
-        probe_image(source, name, max_pixels)
-        if pages is not None and parse_page_range(pages, 1, name) != [1]:
+        frames = probe_image(source, name, max_pixels)
+        if frames > 1:  # every frame is a page, as in a PDF
+            selected = parse_page_range(pages, frames, name)
+            return cls(name, source, "frames", frames, selected, max_pixels, render_size)
+        if pages is not None and not single_images_ignore_pages and parse_page_range(pages, 1, name) != [1]:
             raise DocumentError(f"{name}: an image has one page; the page range {pages!r} selects others")
         return cls(name, source, "image", 1, [None], max_pixels, render_size)
 
@@ -85,12 +92,30 @@ class Document:
         return len(self.pages)
 
     def render(self, number: int | None) -> Image.Image:
-        if self._pdf is None:
-            try:
-                return load_image(self.source, self.max_pixels)
-            except ImageError as err:
-                raise DocumentError(str(err).replace("<bytes>", self.name)) from err
-        return render_pdf_page(self._pdf, number, self.name, self.render_size)
+        if self.kind == "pdf":
+            return render_pdf_page(self._pdf, number, self.name, self.render_size)
+        try:
+            if self.kind == "frames":
+                return load_frame(self.source, number, self.max_pixels)
+            return load_image(self.source, self.max_pixels)
+        except ImageError as err:
+            message = str(err)
+            for placeholder in ("<bytes>", "<Image>", "<frame>"):  # load_image names what it was given
+                message = message.replace(placeholder, self.name)
+            raise DocumentError(message) from err
+
+
+def load_frame(source: Path | bytes, number: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Frame `number` (1-based) of a multi-frame image, as load_image returns it (RGB, size-checked)."""
+    with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
+        try:
+            image.seek(number - 1)
+            if size_problem(*image.size, max_pixels) is None:  # a frame may be larger than the first one
+                image.load()
+            frame = image.copy()
+        except (EOFError, OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"<frame> frame {number}: corrupt or truncated image ({err})") from err
+    return load_image(frame, max_pixels)
 
 
 def read_head(source: Path | bytes, name: str, size: int = 1024) -> bytes:
@@ -138,23 +163,27 @@ def render_pdf_page(pdf: pymupdf.Document, number: int, name: str, size: int = R
     return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
 
-def probe_image(source: Path | bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Read only the image header: format known, size within the pixel limit (decodes no pixel)."""
+def probe_image(source: Path | bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Read only the image header: format known, size within the limits (decodes no pixel); the frame count."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
             with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
-                w, h = image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+                (w, h), frames = image.size, getattr(image, "n_frames", 1)
+    except Image.DecompressionBombError as err:  # Pillow's own limit (~179 MP) fires inside Image.open
+        raise DocumentError(
+            f"{name}: over the {max_pixels / 1e6:.0f} MP limit (decompression-bomb guard: {err}); "
+            "downscale the image first"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         head = read_head(source, name, 16)
         raise DocumentError(f"{name}: neither an image nor a PDF (starts with {head!r})") from None
-    if w * h > max_pixels:
-        raise DocumentError(
-            f"{name}: {w}x{h} = {w * h / 1e6:.0f} megapixels is over the {max_pixels / 1e6:.0f} MP limit "
-            "(decompression-bomb guard); downscale the image first"
-        )
-    if w == 0 or h == 0:
-        raise DocumentError(f"{name}: image has no pixels")
+    problem = size_problem(w, h, max_pixels)
+    if problem and "megapixels" in problem:
+        problem += " (decompression-bomb guard); downscale the image first"
+    if problem:
+        raise DocumentError(f"{name}: {problem}")
+    return frames
 
 
 _RANGE_ITEM = re.compile(r"(\d+)(?:\s*-\s*(\d*))?")
@@ -179,10 +208,22 @@ def parse_page_range(spec: str | None, num_pages: int, name: str = "document") -
     return list(pages)
 
 
-def open_documents(paths: list[str | Path], pages: str | None = None, render_size: int = RENDER_SIZE) -> list[Document]:
-    """Open every input up front (fails fast, naming the file); `pages` applies to the PDFs only."""
+def open_documents(
+    paths: list[str | Path],
+    pages: str | None = None,
+    render_size: int = RENDER_SIZE,
+    errors: list[tuple[str, DocumentError]] | None = None,
+) -> list[Document]:
+    """Open every input up front, naming the file in errors; `pages` applies to PDFs and multi-frame images.
+
+    With `errors` (a list), an input that cannot be opened is appended as (path, DocumentError) and skipped,
+    so one bad file does not stop the others; without it the first bad input raises."""
     docs = []
     for path in paths:
-        pdf = is_pdf(read_head(Path(path), str(path)))
-        docs.append(Document.open(path, str(path), pages if pdf else None, render_size=render_size))
+        try:
+            docs.append(Document.open(path, str(path), pages, render_size=render_size, single_images_ignore_pages=True))
+        except DocumentError as err:
+            if errors is None:
+                raise
+            errors.append((str(path), err))
     return docs

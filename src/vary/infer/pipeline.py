@@ -32,7 +32,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList, TextIterator
 
 from vary.assets import bundled_model_dir
 from vary.chart_answer import parse_chart_answer
-from vary.infer.documents import Page
+from vary.infer.documents import DocumentError, Page
 from vary.infer.generation import (
     CancelCriteria,
     GenerationSettings,
@@ -105,6 +105,21 @@ def page_record(page: Page, result: Result, task: str) -> dict:
     return record
 
 
+def check_device(device: str) -> None:
+    """A clear ValueError for a device this machine does not have (instead of a traceback from .to())."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r}: {err}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """None/"auto": float32 on CPU (bf16 is emulated there, 15-30x slower), bfloat16 or float16 on a GPU."""
     if isinstance(dtype, torch.dtype):
@@ -157,6 +172,7 @@ class Pipeline:
                 raise FileNotFoundError(
                     "no model folder given and this install has no bundled model (vary/assets/model)"
                 )
+        check_device(device)
         model, processor = load(path, dtype=resolve_dtype(dtype, device))
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.
@@ -362,17 +378,36 @@ class Pipeline:
         color: str | None = None,
         crop: bool | None = None,
         max_tiles: int | None = None,
+        cancel: threading.Event | None = None,
+        errors: list[tuple[Page, DocumentError]] | None = None,
         **overrides,
     ) -> Iterator[tuple[Page, Result]]:
         """Document pages (see documents.py) in batches, rendered lazily; yields (page, result) in order.
-        Options as for run_batch; a box is in the pixels of each rendered page."""
+
+        Options as for run_batch; a box is in the pixels of each rendered page. `cancel` (set from another
+        thread) stops generation at the next token and skips the remaining pages. With `errors` (a list), a page
+        that cannot be decoded is appended as (page, error) and skipped, so one corrupt file does not cost the
+        others' results; without it the error is raised."""
         self.check_prompt(task, question, box, color, crop)  # fail before rendering any page
         pages = list(pages)
         for start in range(0, len(pages), batch_size):
-            chunk = pages[start : start + batch_size]
-            images, instructions = self.instructions([page.image() for page in chunk], task, question, box, color, crop)
-            results = self.generate(images, instructions, task, crop=crop, max_tiles=max_tiles, **overrides)
-            yield from zip(chunk, results, strict=True)
+            if cancel is not None and cancel.is_set():
+                return
+            chunk, images = [], []
+            for page in pages[start : start + batch_size]:
+                try:
+                    images.append(page.image())
+                    chunk.append(page)
+                except DocumentError as err:
+                    if errors is None:
+                        raise
+                    errors.append((page, err))
+            if chunk:
+                images, instructions = self.instructions(images, task, question, box, color, crop)
+                results = self.generate(
+                    images, instructions, task, cancel=cancel, crop=crop, max_tiles=max_tiles, **overrides
+                )
+                yield from zip(chunk, results, strict=True)
 
     def stream(
         self,

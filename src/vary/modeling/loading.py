@@ -27,9 +27,16 @@ def locate(spec: str | Path, overrides: dict[str, Any]) -> tuple[Path, dict[str,
     return resolve_model(spec), loader_defaults(spec) | overrides
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> VaryForCausalLM:
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, allow_missing: bool = False, **overrides: Any
+) -> VaryForCausalLM:
     """Load a model folder, hub id or known name; official checkpoints are converted on the fly (`overrides` set
-    their preprocessing)."""
+    their preprocessing).
+
+    Every weight of the model must be in the checkpoint: a missing tensor would silently stay at random
+    values (transformers only logs it). `allow_missing=True` is the opt-out for a deliberate partial load
+    (official formats are always strict).
+    """
     path, overrides = locate(path, overrides)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
@@ -41,9 +48,17 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides
     if config.get("model_type") != "vary":
         raise CheckpointError(f"{path}/config.json: model_type {config.get('model_type')!r} is not a Vary model")
     try:
-        model = VaryForCausalLM.from_pretrained(path, dtype=dtype, **overrides)
+        model, info = VaryForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **overrides)
     except OSError as err:
         raise CheckpointError(f"{path}: {err}") from err
+    problems = {"missing": sorted(info["missing_keys"]), "with the wrong shape": sorted(info["mismatched_keys"])}
+    problems = {what: keys for what, keys in problems.items() if keys}
+    if problems and not allow_missing:
+        raise CheckpointError(
+            f"{path}: incomplete checkpoint, "
+            + "; ".join(f"{len(keys)} weight(s) {what} (e.g. {keys[0]})" for what, keys in problems.items())
+            + " - they would be random; pass allow_missing=True only for a deliberate partial load"
+        )
     return model.eval()
 
 
@@ -76,7 +91,7 @@ def convert(
     src_config = read_config(src)
     if official_family(src_config) is None and not is_hf_got(src_config) and overrides:
         raise CheckpointError(f"{src}: our checkpoints carry their own preprocessing; only official ones take it")
-    model = load_model(src, dtype=dtype, **overrides)
+    model = load_model(src, dtype=dtype, **overrides)  # strict: never write a complete-looking partial model
     if format == "hf":
         c = model.config
         ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}

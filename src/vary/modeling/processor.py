@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ from vary.templates import get_template
 
 ImageInput = str | Path | bytes | Image.Image
 DEFAULT_MAX_PIXELS = 64_000_000  # larger images are refused (decompression-bomb guard)
+# A 1 x 60,000,000 PNG is under the pixel limit yet costs gigabytes to resize: extreme shapes are refused too.
+MAX_SIDE = 32_768  # pixels, the longest side
+MAX_ASPECT = 50  # longest side / shortest side (a long receipt is ~1:20)
+LARGE_IMAGE_PIXELS = 16_000_000  # images above this are decoded one at a time (bounds a server's peak memory)
+_large_decode = threading.Lock()
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 DEFAULT_MAX_TILES = 6  # GOT-OCR2's chat_crop: 1 to 6 tiles (+ a thumbnail when there are several)
 
@@ -52,8 +58,14 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(data))
             _check_size(image, name, max_pixels)  # before decoding any pixel
-            image.load()
-        except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+            if image.width * image.height > LARGE_IMAGE_PIXELS:
+                with _large_decode:
+                    image.load()
+            else:
+                image.load()
+        except Image.DecompressionBombError as err:  # over Pillow's own limit (~179 MP), raised by Image.open
+            raise ImageError(f"{name}: over the {max_pixels / 1e6:.0f} MP limit ({err})") from err
+        except UnidentifiedImageError as err:
             raise ImageError(f"{name}: not a readable image ({err.__class__.__name__})") from err
         except (OSError, SyntaxError, ValueError) as err:
             raise ImageError(f"{name}: corrupt or truncated image ({err})") from err
@@ -62,11 +74,23 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
 
 
 def _check_size(image: Image.Image, name: str, max_pixels: int) -> None:
-    w, h = image.size
-    if w * h > max_pixels:
-        raise ImageError(f"{name}: {w}x{h} = {w * h / 1e6:.0f} megapixels is over the {max_pixels / 1e6:.0f} MP limit")
-    if w == 0 or h == 0:
-        raise ImageError(f"{name}: image has no pixels")
+    problem = size_problem(*image.size, max_pixels)
+    if problem:
+        raise ImageError(f"{name}: {problem}")
+
+
+def size_problem(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why an image of this size is refused (read from its header, before any pixel is decoded), or None."""
+    if width * height > max_pixels:
+        return f"{width}x{height} = {width * height / 1e6:.0f} megapixels is over the {max_pixels / 1e6:.0f} MP limit"
+    if width == 0 or height == 0:
+        return "image has no pixels"
+    if max(width, height) > MAX_SIDE:
+        return f"{width}x{height}: a side over {MAX_SIDE} pixels is refused (resizing it would exhaust memory)"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return (f"{width}x{height}: an aspect ratio over {MAX_ASPECT}:1 is refused "
+                "(resizing it would exhaust memory); crop the image first")  # fmt: skip
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -12,6 +12,11 @@ The model is loaded once and shared; requests are admitted into a bounded queue 
 or waiting, one more gets 503 with Retry-After) and inference runs in worker threads, one generate() at a
 time (Pipeline holds a lock), so the event loop keeps serving /health and new requests. Every error is
 JSON: {"error": message, "status": code}.
+
+Limits (docs/serving-limits.md): request bodies are counted while they stream in (chunked or not) and cut
+off with 413 at the upload limit; images are checked from their header before any pixel is decoded; a
+request whose client disconnects, or that runs past `request_timeout_s` (504), stops generating and frees
+its queue slot within a token; with `trusted_hosts`, other Host headers get 400 (DNS-rebinding guard).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
@@ -34,10 +40,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import vary
 from vary.infer.cli import CROP_RENDER_SIZE, Color, Task
-from vary.infer.documents import RENDER_SIZE, Document, DocumentError, is_pdf
+from vary.infer.documents import RENDER_SIZE, Document, DocumentError
 from vary.infer.pipeline import Pipeline, page_record
 from vary.modeling.processor import ImageError
 from vary.prompts import PromptError, parse_box
@@ -107,8 +114,18 @@ class Admission:
                              headers={"Retry-After": str(self.retry_after())})  # fmt: skip
 
 
-def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int = 4, max_pages: int = 50) -> FastAPI:
-    """The API + demo page over `pipeline` (loaded once by the caller, shared by every request)."""
+def create_app(
+    pipeline: Pipeline,
+    max_upload_mb: float = 20.0,
+    queue_size: int = 4,
+    max_pages: int = 50,
+    request_timeout_s: float | None = 600.0,
+    trusted_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The API + demo page over `pipeline` (loaded once by the caller, shared by every request).
+
+    `request_timeout_s`: a request still generating after this long is stopped and answered 504 (None: no
+    limit). `trusted_hosts`: the Host header values accepted (e.g. ["localhost", "127.0.0.1"]); None: any."""
     app = FastAPI(
         title="Vary",
         version=vary.__version__,
@@ -118,6 +135,8 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
     admission = Admission(queue_size)
     app.state.pipeline, app.state.admission = pipeline, admission
     _install_error_handlers(app, limit)
+    if trusted_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @asynccontextmanager
@@ -137,7 +156,9 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
             raise HTTPException(413, f"{file.filename}: upload is over the {max_upload_mb:g} MB limit")
         try:
             doc = await to_thread.run_sync(
-                lambda: Document.open(data, file.filename or "upload", _pages_for(data, pages), render_size=size)
+                lambda: Document.open(
+                    data, file.filename or "upload", pages, render_size=size, single_images_ignore_pages=True
+                )
             )
         except DocumentError as err:
             raise HTTPException(422, str(err)) from None
@@ -162,10 +183,46 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
     @app.get("/health")
     async def health() -> dict:
         queue = {"capacity": admission.capacity, "in_use": admission.in_use}
-        return {"status": "ok", **pipeline.info(), "queue": queue, "max_upload_mb": max_upload_mb}
+        return {"status": "ok", **pipeline.info(), "queue": queue, "max_upload_mb": max_upload_mb,
+                "request_timeout_s": request_timeout_s}  # fmt: skip
+
+    async def until_done_or_gone(request: Request, work):
+        """`work(cancel)` in a worker thread; `cancel` (a threading.Event) is set when the client disconnects or
+        the time limit passes, which stops generation at the next token. Waits for the thread to finish, so the
+        queue slot is freed only once the model is. Time limit -> 504."""
+        cancel, why = threading.Event(), []
+
+        async def watch_client() -> None:  # the body is read: the next message is the disconnect
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            why.append("disconnected")
+            cancel.set()
+
+        async def watch_clock() -> None:
+            await anyio.sleep(request_timeout_s)
+            why.append("timeout")
+            cancel.set()
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_client)
+            if request_timeout_s:
+                tg.start_soon(watch_clock)
+            try:
+                result = await to_thread.run_sync(work, cancel)
+            except Exception as err:  # re-raised below, outside the task group (which would wrap it in a group)
+                failure = err
+            finally:
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if why and why[0] == "timeout":
+            raise HTTPException(504, f"stopped after the {request_timeout_s:g} s per-request time limit")
+        return result
 
     @app.post("/v1/ocr", response_model=OcrResponse, responses=_ERRORS)
     async def ocr(
+        request: Request,
         file: UploadFile = File(..., description="an image (PNG, JPEG, ...) or a PDF"),
         task: Task = Form(Task.ocr),
         pages: str | None = Form(None, description="PDF pages, e.g. 1-3,7 (default: all)"),
@@ -183,7 +240,9 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         overrides = _budget(pipeline, max_new_tokens) | options
         start = time.perf_counter()
         async with admitted():
-            records = await to_thread.run_sync(_run_document, pipeline, doc, task.value, question or None, overrides)
+            records = await until_done_or_gone(
+                request, lambda cancel: _run_document(pipeline, doc, task.value, question or None, overrides, cancel)
+            )
         return OcrResponse(model=pipeline.name, task=task.value, source=doc.name, pages=records,
                            seconds=round(time.perf_counter() - start, 3))  # fmt: skip
 
@@ -206,7 +265,7 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         overrides = _budget(pipeline, max_new_tokens) | options
         if not admission.try_acquire():
             raise admission.busy_error()
-        events = _stream_events(pipeline, doc, task.value, question or None, overrides)
+        events = _stream_events(pipeline, doc, task.value, question or None, overrides, request_timeout_s)
         return _AdmittedStream(events, admission, media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
@@ -218,7 +277,9 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
         start = time.perf_counter()
         async with admitted():
             try:
-                result = await to_thread.run_sync(lambda: pipeline.generate([image], question, "chat", **overrides)[0])
+                result = await until_done_or_gone(
+                    request, lambda cancel: pipeline.generate([image], question, "chat", cancel=cancel, **overrides)[0]
+                )
             except ImageError as err:
                 raise HTTPException(422, str(err)) from None
         return ChatResponse(model=pipeline.name, message=ChatMessage(role="assistant", content=result.text),
@@ -245,33 +306,39 @@ def _budget(pipeline: Pipeline, max_new_tokens: int | None) -> dict:
     return {"max_new_tokens": min(max_new_tokens, pipeline.settings.max_new_tokens)}
 
 
-def _pages_for(data: bytes, pages: str | None) -> str | None:
-    """The page range applies to PDFs; an image upload ignores it (as `vary ocr` does)."""
-    return pages if pages and is_pdf(data) else None
-
-
-def _run_document(pipeline: Pipeline, doc: Document, task: str, question: str | None, overrides: dict) -> list[dict]:
+def _run_document(
+    pipeline: Pipeline, doc: Document, task: str, question: str | None, overrides: dict, cancel: threading.Event
+) -> list[dict]:
     try:
-        return [
-            page_record(page, result, task) for page, result in pipeline.run_pages(doc, task, question, **overrides)
-        ]
+        pages = pipeline.run_pages(doc, task, question, cancel=cancel, **overrides)
+        return [page_record(page, result, task) for page, result in pages]
     except (DocumentError, ImageError, PromptError) as err:
         raise HTTPException(422, str(err)) from None
 
 
 async def _stream_events(
-    pipeline: Pipeline, doc: Document, task: str, question: str | None, overrides: dict
+    pipeline: Pipeline, doc: Document, task: str, question: str | None, overrides: dict, timeout_s: float | None
 ) -> AsyncIterator[str]:
     """Server-sent events for each page; the blocking iterator is read in a worker thread chunk by chunk."""
     start, stream = time.perf_counter(), None
+    deadline = start + timeout_s if timeout_s else math.inf
     try:
         for page in doc:
             yield _sse("page", {"page": page.number, "pages": len(doc)})
             image = await to_thread.run_sync(page.image)
             stream = await to_thread.run_sync(lambda image=image: pipeline.stream(image, task, question, **overrides))
             chunks = iter(stream)
-            while (chunk := await to_thread.run_sync(next, chunks, None)) is not None:
-                yield _sse("delta", {"page": page.number, "text": chunk})
+            while True:
+                with anyio.move_on_after(deadline - time.perf_counter()):  # the wait for a chunk counts too
+                    chunk = await to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)
+                    if chunk is None:
+                        break
+                    yield _sse("delta", {"page": page.number, "text": chunk})
+                    continue
+                stream.cancel()  # the time limit passed (the abandoned next() returns once generation stops)
+                yield _sse("error", {"error": f"stopped after the {timeout_s:g} s per-request time limit",
+                                     "status": 504})  # fmt: skip
+                return
             yield _sse("done", page_record(page, stream.result, task))
         yield _sse("end", {"pages": len(doc), "seconds": round(time.perf_counter() - start, 3)})
     except (DocumentError, ImageError, PromptError) as err:
@@ -319,8 +386,10 @@ async def _read_chat(request: Request, limit: int) -> tuple[bytes, str, int | No
         body = {"question": form.get("question"), "messages": messages, "max_new_tokens": form.get("max_new_tokens")}
     elif content_type.startswith("application/json"):
         try:
-            body = await request.json()
-        except json.JSONDecodeError as err:
+            body = json.loads(await request.body())
+        except RecursionError:  # json's C parser recurses once per nesting level
+            raise HTTPException(422, "request body: JSON nested too deeply") from None
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError (invalid UTF-8)
             raise HTTPException(422, f"request body: not JSON ({err})") from None
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
             raise HTTPException(422, "JSON chat needs 'image': a base64 string or a data: URL")
@@ -331,12 +400,18 @@ async def _read_chat(request: Request, limit: int) -> tuple[bytes, str, int | No
         raise HTTPException(413, f"image is over the {limit / 2**20:g} MB limit")
     if not image:
         raise HTTPException(422, "image: empty file (0 bytes)")
-    question = _question(body)
-    try:
-        max_new_tokens = int(body["max_new_tokens"]) if body.get("max_new_tokens") else None
-    except (TypeError, ValueError):
-        raise HTTPException(422, "max_new_tokens: not an integer") from None
-    return image, question, max_new_tokens
+    return image, _question(body), _positive_int(body.get("max_new_tokens"), "max_new_tokens")
+
+
+def _positive_int(value, name: str) -> int | None:
+    """A JSON integer or a form field of digits, at least 1; None when absent. Floats (1e999 is inf) are refused."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HTTPException(422, f"{name}: must be a positive integer, got {str(value)[:40]!r}")
+    return value
 
 
 def _decode_base64_image(value: str, limit: int) -> bytes:
@@ -392,25 +467,59 @@ def _install_error_handlers(app: FastAPI, limit: int) -> None:
 
 
 class _BodyLimit:
-    """ASGI middleware: a declared Content-Length over the limit gets 413 before the body is read.
+    """ASGI middleware: request bodies over the limit get 413, counted as they stream in.
 
-    (Plain ASGI rather than @app.middleware("http"), which would buffer streamed responses.) Bodies
-    without a Content-Length are still checked by the endpoints after reading.
+    A declared Content-Length over the limit is refused before the body is read; chunked bodies (no
+    Content-Length) are counted chunk by chunk and cut off at the limit, so neither memory nor the temp
+    folder ever holds more than the limit, and this happens before admission. The limit is the upload limit
+    plus room for form fields, and for JSON the base64 overhead (4/3) on top, so a JSON image may be as large
+    as the message says. (Plain ASGI rather than @app.middleware("http"), which would buffer streamed responses.)
     """
 
     def __init__(self, app, limit: int, error):
         self.app, self.limit, self.error = app, limit, error
 
+    def cap(self, headers: dict) -> int:
+        if headers.get(b"content-type", b"").startswith(b"application/json"):
+            return math.ceil(self.limit * 4 / 3) + MULTIPART_SLACK
+        return self.limit + MULTIPART_SLACK
+
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit + MULTIPART_SLACK:
-                message = (
-                    f"request body of {int(length) / 2**20:.1f} MB is over the {self.limit / 2**20:g} MB upload limit"
-                )
-                await self.error(413, message)(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        cap, too_large = self.cap(headers), f"is over the {self.limit / 2**20:g} MB upload limit"
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > cap:
+            await self.error(413, f"request body of {int(length) / 2**20:.1f} MB {too_large}")(scope, receive, send)
+            return
+        received, refused, started = 0, False, False
+
+        async def counted_receive() -> dict:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                received += len(message.get("body", b""))
+                if received > cap:  # answer now; the app sees a client that went away and stops reading
+                    refused = True
+                    if not started:
+                        await self.error(413, f"request body {too_large}")(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if refused:  # our 413 is the response; whatever the app says after losing its body is dropped
                 return
-        await self.app(scope, receive, send)
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:  # the app's errors after a cut-off body (ClientDisconnect, ...) are expected
+                raise
 
 
 _ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"error": text, "status": code}}}}

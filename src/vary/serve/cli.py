@@ -6,6 +6,8 @@ import typer
 
 from vary.infer.cli import MODEL_HELP, quiet_loading, resolve_model
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def serve_command(
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
@@ -16,6 +18,8 @@ def serve_command(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="larger uploads get 413"),
     queue_size: int = typer.Option(4, "--queue-size", min=1, help="requests in flight or waiting; more get 503"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="default generation budget per page"),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", min=0, help="seconds a request may run before it is stopped (504); 0: no limit"),
+    trusted_host: list[str] | None = typer.Option(None, "--trusted-host", help="accepted Host header (repeatable; '*' for any); default on a loopback --host: localhost and 127.0.0.1, else any"),
 ) -> None:  # fmt: skip
     """Serve the HTTP API (/v1/ocr, /v1/chat, /docs) and a demo page at /."""
     import uvicorn
@@ -32,6 +36,17 @@ def serve_command(
     except (CheckpointError, TokenizerError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
-    app = create_app(pipeline, max_upload_mb=max_upload_mb, queue_size=queue_size)
+    # Bound to loopback, only a local client should reach the server; a web page the user visits could still
+    # send it requests through DNS rebinding (evil.example -> 127.0.0.1), which the Host header gives away.
+    hosts = trusted_hosts_for(host, trusted_host)
+    app = create_app(pipeline, max_upload_mb=max_upload_mb, queue_size=queue_size,
+                     request_timeout_s=request_timeout or None, trusted_hosts=hosts)  # fmt: skip
     typer.echo(f"vary: serving {model_dir} on http://{host}:{port} (demo at /, API docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def trusted_hosts_for(host: str, given: list[str] | None) -> list[str] | None:
+    """The Host headers to accept: those given, else the loopback names when listening on loopback, else any."""
+    if given:
+        return None if "*" in given else list(given)
+    return ["localhost", "127.0.0.1"] if host in LOOPBACK else None

@@ -50,11 +50,13 @@ def run_cmd(
     from vary.modeling.official import CheckpointError
     from vary.modeling.tokenizer import TokenizerError
     from vary.train.init import InitError
-    from vary.train.recipes import RecipeError
+    from vary.train.recipes import RecipeError, check_resume
     from vary.train.trainer import OutOfMemory, Trainer
 
     try:
         r = _recipe(recipe, overrides, data, out)
+        if resume_from or resume:  # the run folder's recipe.yaml must keep describing the run
+            check_resume(r, resume_from.parent if resume_from else r.train.output_dir)
         trainer = Trainer(r, resume=resume_from or resume, progress=not quiet)
         state = trainer.train()
     except OutOfMemory as err:

@@ -270,3 +270,40 @@ def _coerce(value: Any, hint: Any, where: str, path: str) -> Any:
             raise RecipeError(f"{where}: {path} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+# --- resuming ------------------------------------------------------------------------------------------------
+# What a resumed run really applies when changed: the run's length (the scheduler is rebuilt from it) and its
+# bookkeeping. Anything else (optimizer settings, data, model, seed) comes back from the checkpoint or would
+# silently mix two recipes in one run.
+RESUMABLE_KEYS = ("train.max_steps", "train.epochs", "train.save_every", "train.keep_last", "train.eval_every",
+                  "train.output_dir", "data.num_workers")  # fmt: skip
+
+
+def check_resume(recipe: Recipe, run_dir: str | Path) -> None:
+    """Refuse to resume `run_dir` with a recipe that differs from its recipe.yaml outside RESUMABLE_KEYS."""
+    saved_path = Path(run_dir) / "recipe.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_recipe(saved_path)
+    changed = [
+        f"{key} ({old!r} -> {new!r})"
+        for key, (old, new) in _differences(saved.to_dict(), recipe.to_dict()).items()
+        if key not in RESUMABLE_KEYS
+    ]
+    if changed:
+        raise RecipeError(
+            f"--resume: the recipe differs from {saved_path} in {', '.join(changed)}; a resumed run continues "
+            f"with the checkpoint's state, so these would not apply as written. Resume with the same recipe "
+            f"(only {', '.join(RESUMABLE_KEYS)} may change) or start a new run with another --out"
+        )
+
+
+def _differences(old: Any, new: Any, path: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every leaf that differs (lists compared whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for key in dict.fromkeys([*old, *new]):
+            out |= _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return out
+    return {} if old == new else {path: (old, new)}
