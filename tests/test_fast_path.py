@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, OPTConfig
 
 from conftest import tiny_config
-from test_conformance import CASES, _case_inputs, _load_case_model
+from test_conformance import _case_inputs, _load_case_model, cases
 from vary.modeling import fast
 from vary.modeling.vary import VaryForCausalLM
 
@@ -128,18 +128,18 @@ def test_caller_cache_choice_is_respected():
     assert isinstance(kwargs["cache"], fast.PreallocatedCache)
 
 
-@pytest.mark.parametrize("case_dir", CASES, ids=[p.name for p in CASES])
+@pytest.mark.parametrize("case_dir", cases())
 def test_official_parity_with_fast_path(case_dir, fast_calls):
     """The conformance suite (full 64x64 grid: padded 14x14 windows and a 4096-token global block), fast path on."""
     case, model = _load_case_model(case_dir)
     model.enable_fast_cpu_path()
     expected = load_file(case_dir / "expected.safetensors")
-    inputs = _case_inputs(case_dir, model)
+    inputs = _case_inputs(case_dir, case, model)
     with torch.no_grad():
         out = model(**inputs, output_hidden_states=True)
         generated = model.generate(
             **inputs, max_new_tokens=case["max_new_tokens"], min_new_tokens=case["max_new_tokens"],
-            do_sample=False, eos_token_id=None, pad_token_id=0,
+            do_sample=False, eos_token_id=None, pad_token_id=0, suppress_tokens=case.get("suppressed_token_ids"),
         )  # fmt: skip
     assert fast_calls
     torch.testing.assert_close(out.hidden_states[-1][0], expected["last_hidden_state"], atol=1e-3, rtol=0)
