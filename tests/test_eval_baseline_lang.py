@@ -27,6 +27,7 @@ def zh_blocks(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # Tesseract over a block set: ~15 s on 2 cores
 def test_declared_language_is_used_and_reported(zh_blocks, tmp_path):
     result = CliRunner().invoke(app, ["eval", "run", "--data", str(zh_blocks), "--model", "tesseract",
                                       "--model", "tesseract:chi_sim", "--out", str(tmp_path)])  # fmt: skip

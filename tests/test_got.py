@@ -208,6 +208,7 @@ def test_vary_exports_to_hf_got(tmp_path):
         assert torch.equal(back.state_dict()[key], tensor), key
 
 
+@pytest.mark.slow  # two Qwen tokenizers and a transformers GOT: ~15 s on 2 cores
 def test_official_got_to_hf_keeps_the_tokenizer(official_got, tmp_path):
     folder, source = official_got
     result = CliRunner().invoke(app, ["convert", str(folder), str(tmp_path / "hf"), "--format", "hf"])

@@ -193,7 +193,13 @@ def _oid(path: Path) -> str:
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=sorted(REPO_BUILDERS))
+# The GOT repository's runs load a 151k-token Qwen tokenizer several times (~5 s each): slow tier.
+BUILDER_PARAMS = [
+    pytest.param(name, marks=pytest.mark.slow) if "got" in name else name for name in sorted(REPO_BUILDERS)
+]
+
+
+@pytest.fixture(scope="module", params=BUILDER_PARAMS)
 def served(request, tmp_path_factory):
     """The stand-in hub serving REPO: commit `main` (seed 0) and an older commit tagged `v1` (seed 1)."""
     build = REPO_BUILDERS[request.param]

@@ -84,6 +84,7 @@ def _greedy(model, inputs, n: int = 6) -> list[int]:
     return out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
+@pytest.mark.slow  # CLIP + Qwen, generated and converted: ~14 s on 2 cores
 def test_vary_toy_loads_generates_and_converts(vary_toy, tmp_path):
     folder, source = vary_toy
     model, processor = vary.load(folder)

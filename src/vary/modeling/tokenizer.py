@@ -11,7 +11,7 @@ a stock QWen tokenizer lacks them and would silently drop every image.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -84,20 +84,27 @@ def _own_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
 
 
-@functools.lru_cache(maxsize=4)
-def _converted_tiktoken(path: str, size: int, mtime_ns: int) -> str:
+_CONVERTED_TIKTOKEN: dict[str, str] = {}  # sha256 of a ranks file -> its BPE as JSON
+
+
+def _converted_tiktoken(ranks_file: Path) -> str:
     """The BPE built from a ranks file, as JSON. Deriving 151k merges from ranks takes seconds; a process that
-    loads several Qwen-family models (tests, a server reloading) pays it once per file version (size, mtime)."""
-    try:
-        return TikTokenConverter(vocab_file=path, pattern=QWEN_PATTERN).converted().to_str()
-    except Exception as err:
-        raise TokenizerError(f"{path}: not a tiktoken ranks file ({err})") from err
+    loads several Qwen-family folders (a hub snapshot and its converted copy, a server reloading, tests) pays
+    it once per distinct file content (the file is 2.5 MB: hashing it costs milliseconds)."""
+    data = Path(ranks_file).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _CONVERTED_TIKTOKEN:
+        try:
+            backend = TikTokenConverter(vocab_file=str(ranks_file), pattern=QWEN_PATTERN).converted()
+        except Exception as err:
+            raise TokenizerError(f"{ranks_file}: not a tiktoken ranks file ({err})") from err
+        _CONVERTED_TIKTOKEN[digest] = backend.to_str()
+    return _CONVERTED_TIKTOKEN[digest]
 
 
 def qwen_tokenizer(ranks_file: Path) -> PreTrainedTokenizerFast:
     """QWen's tiktoken ranks -> a fast BPE tokenizer (transformers' TikTokenConverter), specials appended in order."""
-    stat = Path(ranks_file).stat()
-    backend = Tokenizer.from_str(_converted_tiktoken(str(Path(ranks_file).resolve()), stat.st_size, stat.st_mtime_ns))
+    backend = Tokenizer.from_str(_converted_tiktoken(ranks_file))
     first_special = backend.get_vocab_size()
     backend.add_special_tokens(QWEN_SPECIAL_TOKENS)
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
