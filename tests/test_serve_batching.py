@@ -14,7 +14,7 @@ from conftest import make_tiny_model_dir
 from test_infer_pipeline import noise_image
 from vary.infer.generation import GenerationSettings, LoopGuardConfig
 from vary.infer.pipeline import Pipeline
-from vary.serve.batching import Batcher, BatchedPipeline
+from vary.serve.batching import BatchedPipeline, Batcher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,13 +44,13 @@ def settings(max_new_tokens: int, **kwargs) -> GenerationSettings:
 
 
 def test_batched_outputs_equal_running_alone(pipe):
-    images = [noise_image(seed, size) for seed, size in ((1, (300, 200)), (2, (64, 64)), (3, (500, 900)), (4, (80, 400)))]
-    budgets = [30, 7, 22, 15]
-    alone = [pipe.generate([im], q, "ask", **vars(settings(n)))[0] for im, q, n in zip(images, QUESTIONS, budgets)]
-    assert len({pipe.processor([im], q)["input_ids"].shape[1] for im, q in zip(images, QUESTIONS)}) == 4
+    sizes, budgets = ((300, 200), (64, 64), (500, 900), (80, 400)), (30, 7, 22, 15)
+    cases = [(noise_image(i, size), q, n) for i, (size, q, n) in enumerate(zip(sizes, QUESTIONS, budgets, strict=True))]
+    alone = [pipe.generate([im], q, "ask", **vars(settings(n)))[0] for im, q, n in cases]
+    assert len({pipe.processor([im], q)["input_ids"].shape[1] for im, q, _ in cases}) == 4  # 4 prompt lengths
     pipe.batch_sizes.clear()
     batcher = Batcher(pipe, max_batch=4, window_ms=5000)  # the batch forms when all four are queued
-    jobs = [batcher.submit(im, q, "ask", settings(n)) for im, q, n in zip(images, QUESTIONS, budgets)]
+    jobs = [batcher.submit(im, q, "ask", settings(n)) for im, q, n in cases]
     batched = [job.future.result(timeout=60) for job in jobs]
     assert pipe.batch_sizes == [4]
     assert [str(r) for r in batched] == [str(r) for r in alone]
@@ -60,10 +60,10 @@ def test_batched_outputs_equal_running_alone(pipe):
 
 def test_loop_guard_and_stop_per_row_match_running_alone(pipe):
     guarded = GenerationSettings(max_new_tokens=150)  # loop guard on: random weights loop, each row at its own step
-    images = [noise_image(seed) for seed in (0, 5, 6)]
-    alone = [pipe.generate([im], q, **vars(guarded))[0] for im, q in zip(images, QUESTIONS)]
+    cases = [(noise_image(seed), q) for seed, q in zip((0, 5, 6), QUESTIONS, strict=False)]
+    alone = [pipe.generate([im], q, **vars(guarded))[0] for im, q in cases]
     batcher = Batcher(pipe, max_batch=3, window_ms=5000)
-    jobs = [batcher.submit(im, q, "", guarded) for im, q in zip(images, QUESTIONS)]
+    jobs = [batcher.submit(im, q, "", guarded) for im, q in cases]
     batched = [job.future.result(timeout=60) for job in jobs]
     assert [(str(r), r.truncated_by_loop_guard, r.num_tokens) for r in batched] == [
         (str(r), r.truncated_by_loop_guard, r.num_tokens) for r in alone
@@ -95,7 +95,9 @@ def test_cancel_frees_a_row_and_leaves_the_others_alone(pipe):
     cancelled = batcher.submit(noise_image(1), "Read.", "", settings(40), cancel, on_text=stop_after_five)
     other = batcher.submit(noise_image(2), "Read.", "", settings(40))
     assert cancelled.future.result(timeout=60).num_tokens <= 6
-    assert str(other.future.result(timeout=60)) == str(pipe.generate([noise_image(2)], "Read.", **vars(settings(40)))[0])
+    assert str(other.future.result(timeout=60)) == str(
+        pipe.generate([noise_image(2)], "Read.", **vars(settings(40)))[0]
+    )
 
 
 def test_cancelled_while_waiting_never_runs(pipe):

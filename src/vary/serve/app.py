@@ -4,13 +4,16 @@
     POST /v1/ocr/stream   the same form -> server-sent events: page, delta (text chunks), done, end | error
     POST /v1/chat         JSON {image: base64 | data URL, messages | question} or multipart (image + ...)
     GET  /health          model, device, queue use
+    POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (openai_api.py)
+    GET  /metrics         Prometheus text format (metrics.py)
     GET  /                demo page (static/index.html): upload, pick a task, watch the answer stream in
     GET  /docs            OpenAPI docs
 
 The model is loaded once and shared; requests are admitted into a bounded queue (`queue_size` in flight
-or waiting, one more gets 503 with Retry-After) and inference runs in worker threads, one generate() at a
-time (Pipeline holds a lock), so the event loop keeps serving /health and new requests. Every error is
-JSON: {"error": message, "status": code}.
+or waiting, one more gets 503 with Retry-After); their generation jobs are batched across requests
+(batching.py: up to `max_batch` rows per generate(), jobs that arrive within `batch_window_ms`), run on
+one worker thread, so the event loop keeps serving /health and new requests. Every error is JSON:
+{"error": message, "status": code} (OpenAI's shape on the OpenAI routes).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from vary.infer.cli import Task
 from vary.infer.documents import Document, DocumentError, is_pdf
 from vary.infer.pipeline import Pipeline, page_record
 from vary.modeling.processor import ImageError
+from vary.serve.batching import BatchedPipeline
+from vary.serve.metrics import ServerMetrics
+from vary.serve.openai_api import install_openai_routes
 
 STATIC = Path(__file__).parent / "static"
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file, allowed over the upload limit
@@ -104,7 +110,14 @@ class Admission:
                              headers={"Retry-After": str(self.retry_after())})  # fmt: skip
 
 
-def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int = 4, max_pages: int = 50) -> FastAPI:
+def create_app(
+    pipeline: Pipeline,
+    max_upload_mb: float = 20.0,
+    queue_size: int = 4,
+    max_pages: int = 50,
+    max_batch: int = 4,
+    batch_window_ms: float = 5.0,
+) -> FastAPI:
     """The API + demo page over `pipeline` (loaded once by the caller, shared by every request)."""
     app = FastAPI(
         title="Vary",
@@ -113,8 +126,13 @@ def create_app(pipeline: Pipeline, max_upload_mb: float = 20.0, queue_size: int 
     )
     limit = int(max_upload_mb * 1024 * 1024)
     admission = Admission(queue_size)
-    app.state.pipeline, app.state.admission = pipeline, admission
+    metrics = ServerMetrics()
+    pipeline = BatchedPipeline(pipeline, max_batch, batch_window_ms, metrics)  # every model call is batched
+    metrics.watch(admission, pipeline.batcher)
+    app.state.pipeline, app.state.admission, app.state.metrics = pipeline, admission, metrics
     _install_error_handlers(app, limit)
+    metrics.install(app)
+    install_openai_routes(app, pipeline, admission, limit)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @asynccontextmanager
