@@ -71,8 +71,8 @@ class RowWatcher(StoppingCriteria):
     the loop guard stopped it or (multi-token stop strings) the stop string appeared.
     """
 
-    def __init__(self, pipeline: Pipeline, jobs: list[Job]):
-        self.pipeline, self.jobs = pipeline, jobs
+    def __init__(self, pipeline: Pipeline, jobs: list[Job], metrics=None):
+        self.pipeline, self.jobs, self.metrics = pipeline, jobs, metrics
         self.end_ids = torch.tensor(sorted(pipeline._end_token_ids()))
         self.budgets = torch.tensor([job.settings.max_new_tokens for job in jobs])
         self.delivered = torch.zeros(len(jobs), dtype=torch.bool)
@@ -107,6 +107,8 @@ class RowWatcher(StoppingCriteria):
 
     def deliver(self, row: int, result: Result) -> None:
         self.delivered[row] = True
+        if self.metrics is not None:  # counted before the caller can see it
+            self.metrics.generated_tokens.inc(result.num_tokens)
         self.jobs[row].deliver(result)
 
 
@@ -182,7 +184,7 @@ class Batcher:
             batch[key] = torch.cat([job.inputs[key] for job in jobs])
         budget = max(job.settings.max_new_tokens for job in jobs)
         settings = dataclasses.replace(jobs[0].settings, max_new_tokens=budget)
-        watcher = RowWatcher(self.pipeline, jobs)
+        watcher = RowWatcher(self.pipeline, jobs, self.metrics)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(jobs))
         try:
@@ -194,8 +196,6 @@ class Batcher:
         for row, (job, result) in enumerate(zip(jobs, results, strict=True)):
             if not watcher.delivered[row]:  # not seen done by the watcher (generate stopped on its own)
                 watcher.deliver(row, Result(result.text, job.task, result.truncated_by_loop_guard, result.num_tokens))
-        if self.metrics is not None:
-            self.metrics.generated_tokens.inc(sum(job.future.result().num_tokens for job in jobs))
 
 
 class BatchedStream:
