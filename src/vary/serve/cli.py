@@ -18,8 +18,10 @@ def serve_command(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="larger uploads get 413"),
     queue_size: int = typer.Option(4, "--queue-size", min=1, help="requests in flight or waiting; more get 503"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="default generation budget per page"),
+    max_batch: int = typer.Option(4, "--max-batch", min=1, help="rows per generate() batch across concurrent requests (1: no batching)"),
+    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0, help="how long a request waits for others to share its batch"),
 ) -> None:  # fmt: skip
-    """Serve the HTTP API (/v1/ocr, /v1/chat, /docs) and a demo page at /."""
+    """Serve the HTTP API (/v1/ocr, /v1/chat, OpenAI /v1/chat/completions, /metrics, /docs) and a demo page at /."""
     import uvicorn
 
     from vary.infer.pipeline import Pipeline
@@ -34,6 +36,7 @@ def serve_command(
     except (CheckpointError, TokenizerError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
-    app = create_app(pipeline, max_upload_mb=max_upload_mb, queue_size=queue_size)
+    app = create_app(pipeline, max_upload_mb=max_upload_mb, queue_size=queue_size, max_batch=max_batch,
+                     batch_window_ms=batch_window_ms)  # fmt: skip
     typer.echo(f"vary: serving {model_dir} on http://{host}:{port} (demo at /, API docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
