@@ -4,7 +4,8 @@ Model: the `nano` preset with random weights and a BPE tokenizer trained here (n
 weights decode garbage and often fall into loops, so the in-process numbers disable the loop guard and fix
 the work at --max-new-tokens per page; the CLI run uses the defaults a user gets (guard on).
 
-    python benchmarks/bench_infer.py [--pages 16] [--max-new-tokens 128] [--clients 8] [--requests 4]
+    python benchmarks/bench_infer.py [--pages 16] [--max-new-tokens 128] [--clients 8] [--requests 4] [--max-batch 4]
+    python benchmarks/bench_infer.py --only http     # the server part: batching off vs on, same clients
 """
 
 from __future__ import annotations
@@ -133,12 +134,14 @@ def bench_cli(model: Path, pdf: Path, max_new_tokens: int) -> None:
           f"= {written / seconds:.2f} pages/s; it reports: {done.stderr.strip().splitlines()[-1]}")  # fmt: skip
 
 
-def bench_http(model: Path, clients: int, requests: int, max_new_tokens: int) -> None:
+def bench_http(model: Path, clients: int, requests: int, max_new_tokens: int, max_batch: int) -> None:
+    """`clients` threads, each sending `requests` one after the other; the server batches up to `max_batch`."""
     pipe = Pipeline.from_pretrained(model, max_new_tokens=max_new_tokens, loop_guard=LoopGuardConfig(enabled=False))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(pipe, queue_size=clients), port=port, log_level="warning"))
+    app = create_app(pipe, queue_size=clients, max_batch=max_batch)
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -162,12 +165,16 @@ def bench_http(model: Path, clients: int, requests: int, max_new_tokens: int) ->
         results = [r for rs in pool.map(client, range(clients)) for r in rs]
     wall = time.perf_counter() - start
     server.should_exit = True
+    batches = app.state.metrics.batch_size.collect()[0].samples
+    count = next(x.value for x in batches if x.name.endswith("_count"))
+    rows = next(x.value for x in batches if x.name.endswith("_sum"))
     latencies = sorted(t for status, t in results if status == 200)
     statuses = {s: sum(1 for st, _ in results if st == s) for s in {st for st, _ in results}}
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-    print(f"  {clients} concurrent clients x {requests} requests (one image page, {max_new_tokens} tokens): "
-          f"status counts {statuses}")  # fmt: skip
-    print(f"  latency p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s; "
+    label = f"batching on (--max-batch {max_batch})" if max_batch > 1 else "batching off (--max-batch 1)"
+    print(f"  {label}: {clients} concurrent clients x {requests} requests (one image page, {max_new_tokens} tokens): "
+          f"status counts {statuses}, {rows / max(count, 1):.2f} rows per batch")  # fmt: skip
+    print(f"    latency p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s; "
           f"throughput {len(latencies) / wall:.2f} requests/s")  # fmt: skip
 
 
@@ -178,6 +185,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--max-batch", type=int, default=4, help="server batch size for the batching-on run")
+    parser.add_argument("--only", choices=["cli", "http"], default=None, help="run one part only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,11 +199,14 @@ def main() -> None:
         model = build_nano(Path(tmp) / "nano")
         config = vary.load_model(model).config
         print(f"model: nano preset, random weights, {config.image_size}px, {config.image_token_len} image tokens")
-        pdf = build_pdf(Path(tmp) / "doc.pdf", args.pages)
-        print(f"vary ocr on a {args.pages}-page PDF:")
-        bench_cli(model, pdf, args.max_new_tokens)
-        print("HTTP API (/v1/ocr, uvicorn in-process):")
-        bench_http(model, args.clients, args.requests, args.max_new_tokens)
+        if args.only != "http":
+            pdf = build_pdf(Path(tmp) / "doc.pdf", args.pages)
+            print(f"vary ocr on a {args.pages}-page PDF:")
+            bench_cli(model, pdf, args.max_new_tokens)
+        if args.only != "cli":
+            print("HTTP API (/v1/ocr, uvicorn in-process), cross-request batching off, then on:")
+            for max_batch in (1, args.max_batch):
+                bench_http(model, args.clients, args.requests, args.max_new_tokens, max_batch)
 
 
 if __name__ == "__main__":

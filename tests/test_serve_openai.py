@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 import threading
 import time
@@ -39,12 +40,12 @@ def pipeline(tmp_path_factory) -> Pipeline:
     return Pipeline.from_pretrained(folder, max_new_tokens=40)
 
 
-@pytest.fixture(scope="module")
-def server(pipeline):
+@contextlib.contextmanager
+def serving(app):
+    """uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(pipeline, max_upload_mb=0.5, queue_size=4, max_batch=4, batch_window_ms=10)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -52,9 +53,17 @@ def server(pipeline):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    with serving(create_app(pipeline, max_upload_mb=0.5, queue_size=4, max_batch=4, batch_window_ms=10)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +158,33 @@ def test_oversize_image_is_413(client, pipeline):
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model=pipeline.name, messages=user(url=big))
     assert caught.value.status_code == 413
+
+
+class WaitsForCancel(Pipeline):
+    """Starts its first batch only once the batch's first row was cancelled (or after 30 s); records which."""
+
+    def __init__(self, base: Pipeline):
+        super().__init__(base.model, base.processor, base.settings, base.name)
+        self.cancelled: list[bool] = []
+
+    def _generate(self, batch, task, streamer, cancel, settings, watcher=None):
+        if not self.cancelled:
+            self.cancelled.append(watcher.__self__.jobs[0].cancel.wait(timeout=30))
+        return super()._generate(batch, task, streamer, cancel, settings, watcher)
+
+
+def test_client_gone_cancels_its_row(pipeline):
+    waiting = WaitsForCancel(pipeline)
+    app = create_app(waiting, queue_size=1)
+    body = {"model": pipeline.name, "messages": user(), "max_tokens": 30}
+    with serving(app) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=1)  # the client gives up and disconnects
+        deadline = time.monotonic() + 30
+        while app.state.admission.in_use and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting.cancelled == [True] and app.state.admission.in_use == 0  # cancelled, slot given back
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
 
 
 # --- batching across requests, queue limit and metrics (in-process ASGI) -----------------------------------
