@@ -6,7 +6,9 @@ every comparison is exact (greedy decoding).
 
 from __future__ import annotations
 
+import copy
 import threading
+import time
 
 import pytest
 
@@ -143,3 +145,32 @@ def test_generation_errors_reach_every_caller(pipe):
     for job in jobs:
         with pytest.raises(RuntimeError, match="out of memory"):
             job.future.result(timeout=60)
+
+
+def test_a_batch_waits_for_jobs_being_preprocessed(pipe):
+    """Two requests at once, one with a slow image: they share a batch although the window is 0."""
+    pipe.batch_sizes.clear()
+    batcher = Batcher(pipe, max_batch=2, window_ms=0)
+    slow_image, preparing = noise_image(2), threading.Event()
+    processor = pipe.processor
+
+    class SlowProcessor:
+        def __getattr__(self, name):
+            return getattr(processor, name)
+
+        def __call__(self, images, instructions):
+            if images[0] is slow_image:
+                preparing.set()
+                time.sleep(0.1)
+            return processor(images, instructions)
+
+    batcher.pipeline = copy.copy(pipe)
+    batcher.pipeline.processor = SlowProcessor()
+    slow: list = []
+    thread = threading.Thread(target=lambda: slow.append(batcher.submit(slow_image, "Read.", "", settings(5))))
+    thread.start()
+    assert preparing.wait(10)
+    fast = batcher.submit(noise_image(1), "Read.", "", settings(5))
+    thread.join()
+    assert fast.future.result(timeout=60).num_tokens and slow[0].future.result(timeout=60).num_tokens
+    assert pipe.batch_sizes == [2]

@@ -112,6 +112,9 @@ class RowWatcher(StoppingCriteria):
         self.jobs[row].deliver(result)
 
 
+PREPARING_WAIT_S = 0.25  # longest wait for a job being preprocessed (a page decodes in tens of ms; a batch takes s)
+
+
 class Batcher:
     """Queues jobs and runs them in batches on one worker thread (started on the first job)."""
 
@@ -121,6 +124,8 @@ class Batcher:
         self.pipeline, self.max_batch, self.window = pipeline, max_batch, window_ms / 1000
         self.metrics = metrics  # serve.metrics.ServerMetrics or None
         self._pending: deque[Job] = deque()
+        self._preparing = 0  # jobs whose images are being preprocessed: they will be queued in a moment
+        self._free_since = time.monotonic()  # when the last batch ended
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
 
@@ -138,7 +143,14 @@ class Batcher:
         cancel: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Job:
-        inputs = self.pipeline.processor([image], instruction)  # in the caller's thread; ImageError fails it alone
+        with self._wake:
+            self._preparing += 1
+        try:
+            inputs = self.pipeline.processor([image], instruction)  # in the caller's thread; ImageError fails it alone
+        finally:
+            with self._wake:
+                self._preparing -= 1
+                self._wake.notify()
         job = Job(inputs, task, settings, cancel or threading.Event(), on_text)
         with self._wake:
             self._pending.append(job)
@@ -153,16 +165,24 @@ class Batcher:
             jobs = self._next_batch()
             if jobs:
                 self._run(jobs)
+            self._free_since = time.monotonic()
 
     def _next_batch(self) -> list[Job]:
-        """The oldest job and the jobs that decode alike, once `max_batch` are there or the window has passed."""
+        """The oldest job and the jobs that decode alike, once `max_batch` are there or the wait is over.
+
+        A batch that is not full waits `window` for more jobs (from when the oldest arrived or the last batch
+        ended), and up to PREPARING_WAIT_S for jobs whose images are being preprocessed: a burst of requests
+        then shares one batch instead of the first one or two running alone while the others wait a whole batch.
+        """
         with self._wake:
             while not self._pending:
                 self._wake.wait()
             first = self._pending[0]
             while True:
                 alike = [job for job in self._pending if job.batch_key() == first.batch_key()][: self.max_batch]
-                left = first.submitted + self.window - time.monotonic()
+                ready = max(first.submitted, self._free_since)
+                wait = max(self.window, PREPARING_WAIT_S if self._preparing else 0.0)
+                left = ready + wait - time.monotonic()
                 if len(alike) >= self.max_batch or left <= 0:
                     break
                 self._wake.wait(left)
@@ -178,16 +198,16 @@ class Batcher:
         return job.cancel.is_set()
 
     def _run(self, jobs: list[Job]) -> None:
-        tok = self.pipeline.processor.tokenizer
-        batch = left_pad([job.prompt_ids for job in jobs], tok.pad_token_id or 0)  # as the processor pads
-        for key in jobs[0].inputs.keys() - batch.keys():  # pixel_values (and pixel_values_clip)
-            batch[key] = torch.cat([job.inputs[key] for job in jobs])
-        budget = max(job.settings.max_new_tokens for job in jobs)
-        settings = dataclasses.replace(jobs[0].settings, max_new_tokens=budget)
-        watcher = RowWatcher(self.pipeline, jobs, self.metrics)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(jobs))
         try:
+            watcher = RowWatcher(self.pipeline, jobs, self.metrics)
+            tok = self.pipeline.processor.tokenizer
+            batch = left_pad([job.prompt_ids for job in jobs], tok.pad_token_id or 0)  # as the processor pads
+            for key in jobs[0].inputs.keys() - batch.keys():  # pixel_values (and pixel_values_clip)
+                batch[key] = torch.cat([job.inputs[key] for job in jobs])
+            budget = max(job.settings.max_new_tokens for job in jobs)
+            settings = dataclasses.replace(jobs[0].settings, max_new_tokens=budget)
             results = self.pipeline._generate(batch, "", None, None, settings, watcher.attach)
         except BaseException as err:  # every waiting caller gets the error; the worker lives on
             for job in jobs:
