@@ -23,6 +23,14 @@ def test_serve_loads_the_model_once_and_runs_uvicorn(tiny_model_dir, monkeypatch
     assert {"/v1/ocr", "/v1/chat/completions", "/v1/models", "/metrics"} <= {route.path for route in asgi.routes}
 
 
+def test_served_model_name(tiny_model_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda asgi, **kwargs: calls.append(asgi))
+    args = ["serve", "--model", str(tiny_model_dir), "--served-model-name", "vary-ocr"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert calls[0].state.pipeline.name == "vary-ocr"
+
+
 @pytest.mark.parametrize(
     "args, code, message", [([], 2, "no model folder"), (["--model", "/nonexistent"], 1, "not a model folder")]
 )

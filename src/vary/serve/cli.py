@@ -19,6 +19,7 @@ def serve_command(
     queue_size: int = typer.Option(4, "--queue-size", min=1, help="requests in flight or waiting; more get 503"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="default generation budget per page"),
     max_batch: int = typer.Option(4, "--max-batch", min=1, help="rows per generate() batch across concurrent requests (1: no batching)"),
+    served_model_name: str | None = typer.Option(None, "--served-model-name", help="the model's name in the API (default: the folder's name)"),
     batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0, help="how long a request waits for others to share its batch"),
 ) -> None:  # fmt: skip
     """Serve the HTTP API (/v1/ocr, /v1/chat, OpenAI /v1/chat/completions, /metrics, /docs) and a demo page at /."""
@@ -36,6 +37,7 @@ def serve_command(
     except (CheckpointError, TokenizerError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
+    pipeline.name = served_model_name or pipeline.name  # what /v1/models lists and OpenAI clients send as `model`
     app = create_app(pipeline, max_upload_mb=max_upload_mb, queue_size=queue_size, max_batch=max_batch,
                      batch_window_ms=batch_window_ms)  # fmt: skip
     typer.echo(f"vary: serving {model_dir} on http://{host}:{port} (demo at /, API docs at /docs)", err=True)
