@@ -136,20 +136,17 @@ def bench_cli(model: Path, pdf: Path, max_new_tokens: int) -> None:
           f"= {written / seconds:.2f} pages/s; it reports: {done.stderr.strip().splitlines()[-1]}")  # fmt: skip
 
 
-def bench_http(model: Path, clients: int, requests: int, max_new_tokens: int, max_batch: int) -> None:
-    """`clients` threads, each sending `requests` one after the other; the server batches up to `max_batch`."""
-    pipe = Pipeline.from_pretrained(model, max_new_tokens=max_new_tokens, loop_guard=LoopGuardConfig(enabled=False))
+def bench_http(pipe: Pipeline, png: bytes, clients: int, requests: int, max_batch: int) -> dict:
+    """`clients` threads, each sending `requests` one after the other to a fresh server batching up to `max_batch`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(pipe, queue_size=clients, max_batch=max_batch)
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     while not server.started:
         time.sleep(0.05)
-    pdf = pymupdf.open()
-    pdf.new_page().insert_text((72, 72), "\n".join(sentences(30, seed=2)), fontsize=10)
-    png = pdf[0].get_pixmap(dpi=100).tobytes("png")
     url = f"http://127.0.0.1:{port}/v1/ocr"
 
     def client(_: int) -> list[tuple[int, float]]:
@@ -167,17 +164,49 @@ def bench_http(model: Path, clients: int, requests: int, max_new_tokens: int, ma
         results = [r for rs in pool.map(client, range(clients)) for r in rs]
     wall = time.perf_counter() - start
     server.should_exit = True
-    batches = app.state.metrics.batch_size.collect()[0].samples
-    count = next(x.value for x in batches if x.name.endswith("_count"))
-    rows = next(x.value for x in batches if x.name.endswith("_sum"))
+    thread.join()
+    batches = {x.name: x.value for x in app.state.metrics.batch_size.collect()[0].samples}
     latencies = sorted(t for status, t in results if status == 200)
-    statuses = {s: sum(1 for st, _ in results if st == s) for s in {st for st, _ in results}}
-    p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-    label = f"batching on (--max-batch {max_batch})" if max_batch > 1 else "batching off (--max-batch 1)"
-    print(f"  {label}: {clients} concurrent clients x {requests} requests (one image page, {max_new_tokens} tokens): "
-          f"status counts {statuses}, {rows / max(count, 1):.2f} rows per batch")  # fmt: skip
-    print(f"    latency p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s; "
-          f"throughput {len(latencies) / wall:.2f} requests/s")  # fmt: skip
+    return {
+        "max_batch": max_batch,
+        "statuses": {s: sum(1 for st, _ in results if st == s) for s in {st for st, _ in results}},
+        "rows_per_batch": (batches["vary_batch_size_sum"] - 1) / max(batches["vary_batch_size_count"] - 1, 1),
+        "p50": statistics.median(latencies),
+        "p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        "max": latencies[-1],
+        "rps": len(latencies) / wall,
+    }
+
+
+def http_label(max_batch: int) -> str:
+    return f"batching on  (--max-batch {max_batch})" if max_batch > 1 else "batching off (--max-batch 1)"
+
+
+def bench_http_rounds(model: Path, args) -> None:
+    """Off and on alternate, `--rounds` times, so that load from other processes hits every setting alike."""
+    pipe = Pipeline.from_pretrained(model, max_new_tokens=args.max_new_tokens,
+                                    loop_guard=LoopGuardConfig(enabled=False))  # fmt: skip
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 72), "\n".join(sentences(30, seed=2)), fontsize=10)
+    png = pdf[0].get_pixmap(dpi=100).tobytes("png")
+    print(f"HTTP API (/v1/ocr, uvicorn in-process): {args.clients} concurrent clients x {args.requests} requests "
+          f"(one image page, {args.max_new_tokens} new tokens each), batching off and on alternating:")  # fmt: skip
+    runs: dict[int, list[dict]] = {}
+    for round_ in range(args.rounds):
+        for max_batch in (1, *args.max_batch):
+            r = bench_http(pipe, png, args.clients, args.requests, max_batch)
+            runs.setdefault(max_batch, []).append(r)
+            print(f"  round {round_ + 1} {http_label(max_batch)}: {r['rps']:.2f} requests/s, latency p50 {r['p50']:.2f} s "
+                  f"p95 {r['p95']:.2f} s max {r['max']:.2f} s, {r['rows_per_batch']:.2f} rows per batch, "
+                  f"status counts {r['statuses']}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    off = runs[1]
+    print(f"  median of {args.rounds} round(s):")
+    for max_batch, rs in runs.items():
+        rps, p95 = statistics.median(r["rps"] for r in rs), statistics.median(r["p95"] for r in rs)
+        ratios = sorted(r["rps"] / o["rps"] for r, o in zip(rs, off, strict=True))
+        print(f"    {http_label(max_batch)}: {rps:.2f} requests/s, p95 {p95:.2f} s"
+              + (f"; x{statistics.median(ratios):.2f} the requests/s of batching off in the same round "
+                 f"(range x{ratios[0]:.2f}-x{ratios[-1]:.2f})" if max_batch > 1 else ""))  # fmt: skip
 
 
 def main() -> None:
@@ -188,6 +217,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--max-batch", type=int, nargs="+", default=[4, 8], help="server batch sizes, batching on")
+    parser.add_argument("--rounds", type=int, default=3, help="HTTP: rounds of off/on runs (medians are reported)")
     parser.add_argument("--only", choices=["cli", "http"], default=None, help="run one part only")
     args = parser.parse_args()
     if args.threads:
@@ -206,9 +236,7 @@ def main() -> None:
             print(f"vary ocr on a {args.pages}-page PDF:")
             bench_cli(model, pdf, args.max_new_tokens)
         if args.only != "cli":
-            print("HTTP API (/v1/ocr, uvicorn in-process), cross-request batching off, then on:")
-            for max_batch in (1, *args.max_batch):
-                bench_http(model, args.clients, args.requests, args.max_new_tokens, max_batch)
+            bench_http_rounds(model, args)
 
 
 if __name__ == "__main__":
