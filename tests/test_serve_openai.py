@@ -130,6 +130,13 @@ def test_requests_with_text_content_and_curl_style_json(server, pipeline):
     )
 
 
+def test_a_body_that_is_not_json_is_400(server):
+    response = httpx.post(
+        f"{server}/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "change, error, status, message",
     [({"model": "gpt-4o"}, openai.NotFoundError, 404, "does not exist"),
@@ -142,6 +149,8 @@ def test_requests_with_text_content_and_curl_style_json(server, pipeline):
      ({"n": 2}, openai.BadRequestError, 400, "n:"),
      ({"stop": ["\n"]}, openai.BadRequestError, 400, "stop sequences are not supported"),
      ({"messages": []}, openai.BadRequestError, 400, "messages:"),
+     ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, openai.BadRequestError, 400,
+      "messages.0.content.0: Input tag 'input_audio' found using 'type' does not match"),
      ({"max_tokens": 0}, openai.BadRequestError, 400, "max_tokens:")],
 )  # fmt: skip
 def test_errors_in_openai_shape(client, pipeline, change, error, status, message):

@@ -146,14 +146,24 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:  # OpenAI answers malformed requests with 400
-                first = exc.errors()[0] if exc.errors() else {}
-                param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-                return openai_error(400, f"{param or 'request'}: {first.get('msg', 'invalid request')}", param)
+                return openai_error(400, *_validation_message(exc.errors()))
             except HTTPException as exc:
                 param, code = getattr(exc, "param", None), getattr(exc, "code", None)
                 return openai_error(exc.status_code, str(exc.detail), param, code, getattr(exc, "headers", None))
 
         return handle
+
+
+def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """(message, param) for the most specific of pydantic's errors (a union reports one error per branch)."""
+    if not errors:
+        return "invalid request", None
+    error = max(errors, key=lambda e: len(e.get("loc", ())))
+    if error.get("type") == "json_invalid":
+        return f"request body is not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})", None
+    # loc: ("body", "messages", 0, "content", "list[tagged-union[...]]", 0): drop "body" and pydantic's branch names
+    param = ".".join(str(p) for p in error.get("loc", ())[1:] if not (isinstance(p, str) and "[" in p)) or None
+    return f"{param or 'request body'}: {error.get('msg', 'invalid')}", param
 
 
 # --- the endpoints ----------------------------------------------------------------------------------------------
