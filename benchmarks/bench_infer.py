@@ -13,6 +13,7 @@ On a shared, busy machine use --threads 1: two OpenMP threads on two oversubscri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import socket
@@ -37,6 +38,7 @@ from vary.infer.generation import LoopGuardConfig
 from vary.infer.pipeline import Pipeline
 from vary.modeling.tokenizer import train_bpe_tokenizer
 from vary.serve.app import create_app
+from vary.serve.batching import Batcher
 
 WORDS = [
     "the",
@@ -178,6 +180,22 @@ def bench_http(pipe: Pipeline, png: bytes, clients: int, requests: int, max_batc
     }
 
 
+def bench_early_return(pipe: Pipeline, png: bytes, budgets=(16, 32, 64, 128)) -> None:
+    """One batch of rows with different budgets: each row's result is out when it is done, not at the batch end."""
+    settings = dataclasses.replace(pipe.settings, loop_guard=LoopGuardConfig(enabled=False))
+    batcher = Batcher(pipe, max_batch=len(budgets), window_ms=1000)
+    start = time.perf_counter()
+    jobs = [batcher.submit(png, pipe.instruction("ocr"), "ocr", dataclasses.replace(settings, max_new_tokens=n))
+            for n in budgets]  # fmt: skip
+    done = {}
+    for job in jobs:
+        job.future.add_done_callback(lambda _, job=job: done.setdefault(id(job), time.perf_counter() - start))
+    for job in jobs:
+        job.future.result()
+    print(f"  one batch of {len(budgets)} rows, budgets {'/'.join(map(str, budgets))} tokens: results out after "
+          + ", ".join(f"{done[id(j)]:.2f} s" for j in jobs))  # fmt: skip
+
+
 def http_label(max_batch: int) -> str:
     return f"batching on  (--max-batch {max_batch})" if max_batch > 1 else "batching off (--max-batch 1)"
 
@@ -191,6 +209,7 @@ def bench_http_rounds(model: Path, args) -> None:
     png = pdf[0].get_pixmap(dpi=100).tobytes("png")
     print(f"HTTP API (/v1/ocr, uvicorn in-process): {args.clients} concurrent clients x {args.requests} requests "
           f"(one image page, {args.max_new_tokens} new tokens each), batching off and on alternating:")  # fmt: skip
+    bench_early_return(pipe, png)
     runs: dict[int, list[dict]] = {}
     for round_ in range(args.rounds):
         for max_batch in (1, *args.max_batch):
