@@ -5,9 +5,11 @@ weights decode garbage and often fall into loops, so the in-process numbers disa
 the work at --max-new-tokens per page; the CLI run uses the defaults a user gets (guard on).
 
     python benchmarks/bench_infer.py [--pages 16] [--max-new-tokens 128] [--clients 8] [--requests 4] [--max-batch 4 8]
-    python benchmarks/bench_infer.py --only http --threads 1   # the server: batching off vs on, same clients
+    python benchmarks/bench_infer.py --only http [--threads 1]   # the server: batching off vs on, same clients
 
-On a shared, busy machine use --threads 1: two OpenMP threads on two oversubscribed cores wait on each other.
+The default is torch's thread count (what `vary serve` runs with); on a shared, busy machine two OpenMP threads
+on two oversubscribed cores wait on each other, which hurts batch-1 decoding most: --threads 1 shows the
+batching gain without that effect.
 """
 
 from __future__ import annotations
