@@ -29,10 +29,12 @@ class CountingPipeline(Pipeline):
     def __init__(self, base: Pipeline):
         super().__init__(base.model, base.processor, base.settings, base.name)
         self.batch_sizes: list[int] = []
+        self.sampled: list[bool] = []
 
-    def _generate(self, batch, *args, **kwargs):
+    def _generate(self, batch, task, streamer, cancel, settings, watcher=None):
         self.batch_sizes.append(batch["input_ids"].shape[0])
-        return super()._generate(batch, *args, **kwargs)
+        self.sampled.append(settings.do_sample)
+        return super()._generate(batch, task, streamer, cancel, settings, watcher)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +117,14 @@ def test_cancelled_while_waiting_never_runs(pipe):
 
 def test_only_alike_settings_share_a_batch(pipe):
     pipe.batch_sizes.clear()
-    batcher = Batcher(pipe, max_batch=4, window_ms=200)
-    greedy = [batcher.submit(noise_image(i), "Read.", "", settings(5)) for i in range(2)]
-    sampled = batcher.submit(noise_image(3), "Read.", "", settings(5, do_sample=True, temperature=0.7))
-    for job in [*greedy, sampled]:
+    pipe.sampled.clear()
+    batcher = Batcher(pipe, max_batch=2, window_ms=1000)
+    first = batcher.submit(noise_image(1), "Read.", "", settings(5))
+    sampled = batcher.submit(noise_image(2), "Read.", "", settings(5, do_sample=True, temperature=0.7))
+    second = batcher.submit(noise_image(3), "Read.", "", settings(5))  # joins the first, not the sampled one
+    for job in (first, sampled, second):
         job.future.result(timeout=60)
-    assert sorted(pipe.batch_sizes) == [1, 2]
+    assert list(zip(pipe.batch_sizes, pipe.sampled, strict=True)) == [(2, False), (1, True)]
 
 
 def test_batched_pipeline_generate_and_stream(pipe):
