@@ -4,12 +4,18 @@ Model: the `nano` preset with random weights and a BPE tokenizer trained here (n
 weights decode garbage and often fall into loops, so the in-process numbers disable the loop guard and fix
 the work at --max-new-tokens per page; the CLI run uses the defaults a user gets (guard on).
 
-    python benchmarks/bench_infer.py [--pages 16] [--max-new-tokens 128] [--clients 8] [--requests 4]
+    python benchmarks/bench_infer.py [--pages 16] [--max-new-tokens 128] [--clients 8] [--requests 4] [--max-batch 4 8]
+    python benchmarks/bench_infer.py --only http [--threads 1]   # the server: batching off vs on, same clients
+
+The default is torch's thread count (what `vary serve` runs with); on a shared, busy machine two OpenMP threads
+on two oversubscribed cores wait on each other, which hurts batch-1 decoding most: --threads 1 shows the
+batching gain without that effect.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import socket
@@ -34,6 +40,7 @@ from vary.infer.generation import LoopGuardConfig
 from vary.infer.pipeline import Pipeline
 from vary.modeling.tokenizer import train_bpe_tokenizer
 from vary.serve.app import create_app
+from vary.serve.batching import Batcher
 
 WORDS = [
     "the",
@@ -133,18 +140,17 @@ def bench_cli(model: Path, pdf: Path, max_new_tokens: int) -> None:
           f"= {written / seconds:.2f} pages/s; it reports: {done.stderr.strip().splitlines()[-1]}")  # fmt: skip
 
 
-def bench_http(model: Path, clients: int, requests: int, max_new_tokens: int) -> None:
-    pipe = Pipeline.from_pretrained(model, max_new_tokens=max_new_tokens, loop_guard=LoopGuardConfig(enabled=False))
+def bench_http(pipe: Pipeline, png: bytes, clients: int, requests: int, max_batch: int) -> dict:
+    """`clients` threads, each sending `requests` one after the other to a fresh server batching up to `max_batch`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(pipe, queue_size=clients), port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    app = create_app(pipe, queue_size=clients, max_batch=max_batch)
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     while not server.started:
         time.sleep(0.05)
-    pdf = pymupdf.open()
-    pdf.new_page().insert_text((72, 72), "\n".join(sentences(30, seed=2)), fontsize=10)
-    png = pdf[0].get_pixmap(dpi=100).tobytes("png")
     url = f"http://127.0.0.1:{port}/v1/ocr"
 
     def client(_: int) -> list[tuple[int, float]]:
@@ -162,13 +168,66 @@ def bench_http(model: Path, clients: int, requests: int, max_new_tokens: int) ->
         results = [r for rs in pool.map(client, range(clients)) for r in rs]
     wall = time.perf_counter() - start
     server.should_exit = True
+    thread.join()
+    batches = {x.name: x.value for x in app.state.metrics.batch_size.collect()[0].samples}
     latencies = sorted(t for status, t in results if status == 200)
-    statuses = {s: sum(1 for st, _ in results if st == s) for s in {st for st, _ in results}}
-    p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-    print(f"  {clients} concurrent clients x {requests} requests (one image page, {max_new_tokens} tokens): "
-          f"status counts {statuses}")  # fmt: skip
-    print(f"  latency p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s; "
-          f"throughput {len(latencies) / wall:.2f} requests/s")  # fmt: skip
+    return {
+        "max_batch": max_batch,
+        "statuses": {s: sum(1 for st, _ in results if st == s) for s in {st for st, _ in results}},
+        "rows_per_batch": (batches["vary_batch_size_sum"] - 1) / max(batches["vary_batch_size_count"] - 1, 1),
+        "p50": statistics.median(latencies),
+        "p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        "max": latencies[-1],
+        "rps": len(latencies) / wall,
+    }
+
+
+def bench_early_return(pipe: Pipeline, png: bytes, budgets=(16, 32, 64, 128)) -> None:
+    """One batch of rows with different budgets: each row's result is out when it is done, not at the batch end."""
+    settings = dataclasses.replace(pipe.settings, loop_guard=LoopGuardConfig(enabled=False))
+    batcher = Batcher(pipe, max_batch=len(budgets), window_ms=1000)
+    start = time.perf_counter()
+    jobs = [batcher.submit(png, pipe.instruction("ocr"), "ocr", dataclasses.replace(settings, max_new_tokens=n))
+            for n in budgets]  # fmt: skip
+    done = {}
+    for job in jobs:
+        job.future.add_done_callback(lambda _, job=job: done.setdefault(id(job), time.perf_counter() - start))
+    for job in jobs:
+        job.future.result()
+    print(f"  one batch of {len(budgets)} rows, budgets {'/'.join(map(str, budgets))} tokens: results out after "
+          + ", ".join(f"{done[id(j)]:.2f} s" for j in jobs))  # fmt: skip
+
+
+def http_label(max_batch: int) -> str:
+    return f"batching on  (--max-batch {max_batch})" if max_batch > 1 else "batching off (--max-batch 1)"
+
+
+def bench_http_rounds(model: Path, args) -> None:
+    """Off and on alternate, `--rounds` times, so that load from other processes hits every setting alike."""
+    pipe = Pipeline.from_pretrained(model, max_new_tokens=args.max_new_tokens,
+                                    loop_guard=LoopGuardConfig(enabled=False))  # fmt: skip
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 72), "\n".join(sentences(30, seed=2)), fontsize=10)
+    png = pdf[0].get_pixmap(dpi=100).tobytes("png")
+    print(f"HTTP API (/v1/ocr, uvicorn in-process): {args.clients} concurrent clients x {args.requests} requests "
+          f"(one image page, {args.max_new_tokens} new tokens each), batching off and on alternating:")  # fmt: skip
+    bench_early_return(pipe, png)
+    runs: dict[int, list[dict]] = {}
+    for round_ in range(args.rounds):
+        for max_batch in (1, *args.max_batch):
+            r = bench_http(pipe, png, args.clients, args.requests, max_batch)
+            runs.setdefault(max_batch, []).append(r)
+            print(f"  round {round_ + 1} {http_label(max_batch)}: {r['rps']:.2f} requests/s, latency p50 {r['p50']:.2f} s "
+                  f"p95 {r['p95']:.2f} s max {r['max']:.2f} s, {r['rows_per_batch']:.2f} rows per batch, "
+                  f"status counts {r['statuses']}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    off = runs[1]
+    print(f"  median of {args.rounds} round(s):")
+    for max_batch, rs in runs.items():
+        rps, p95 = statistics.median(r["rps"] for r in rs), statistics.median(r["p95"] for r in rs)
+        ratios = sorted(r["rps"] / o["rps"] for r, o in zip(rs, off, strict=True))
+        print(f"    {http_label(max_batch)}: {rps:.2f} requests/s, p95 {p95:.2f} s"
+              + (f"; x{statistics.median(ratios):.2f} the requests/s of batching off in the same round "
+                 f"(range x{ratios[0]:.2f}-x{ratios[-1]:.2f})" if max_batch > 1 else ""))  # fmt: skip
 
 
 def main() -> None:
@@ -178,6 +237,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[4, 8], help="server batch sizes, batching on")
+    parser.add_argument("--rounds", type=int, default=3, help="HTTP: rounds of off/on runs (medians are reported)")
+    parser.add_argument("--only", choices=["cli", "http"], default=None, help="run one part only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,11 +252,12 @@ def main() -> None:
         model = build_nano(Path(tmp) / "nano")
         config = vary.load_model(model).config
         print(f"model: nano preset, random weights, {config.image_size}px, {config.image_token_len} image tokens")
-        pdf = build_pdf(Path(tmp) / "doc.pdf", args.pages)
-        print(f"vary ocr on a {args.pages}-page PDF:")
-        bench_cli(model, pdf, args.max_new_tokens)
-        print("HTTP API (/v1/ocr, uvicorn in-process):")
-        bench_http(model, args.clients, args.requests, args.max_new_tokens)
+        if args.only != "http":
+            pdf = build_pdf(Path(tmp) / "doc.pdf", args.pages)
+            print(f"vary ocr on a {args.pages}-page PDF:")
+            bench_cli(model, pdf, args.max_new_tokens)
+        if args.only != "cli":
+            bench_http_rounds(model, args)
 
 
 if __name__ == "__main__":

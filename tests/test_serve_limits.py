@@ -146,11 +146,16 @@ class WaitingPipeline(Pipeline):
         super().__init__(base.model, base.processor, base.settings, base.name)
         self.entered, self.calls, self.cancelled = threading.Event(), 0, False
 
-    def _generate(self, batch, task, streamer, cancel, settings):
+    def _generate(self, batch, task, streamer, cancel, settings, watcher=None):
         self.calls += 1
         self.entered.set()
-        self.cancelled = cancel is not None and cancel.wait(timeout=8)
-        return super()._generate(batch, task, streamer, cancel, settings)
+        # Alone, the request's cancel event comes in; batched (the server), each row's job carries its own.
+        events = [cancel] if cancel is not None else [job.cancel for job in watcher.__self__.jobs]
+        deadline = time.monotonic() + 8
+        while not all(event.is_set() for event in events) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.cancelled = all(event.is_set() for event in events)
+        return super()._generate(batch, task, streamer, cancel, settings, watcher)
 
 
 @pytest.mark.parametrize("path", ["/v1/ocr", "/v1/chat"])

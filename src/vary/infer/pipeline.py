@@ -287,13 +287,17 @@ class Pipeline:
             self.prompt_style.check(None, crop=True, model=self.name)
         return self.processor(images, instructions, crop=crop, max_tiles=max_tiles or self.max_tiles)
 
-    def _generate(self, batch, task, streamer, cancel, settings: GenerationSettings) -> list[Result]:
+    def _generate(self, batch, task, streamer, cancel, settings: GenerationSettings, watcher=None) -> list[Result]:
+        """`watcher` (optional) is told the guard and prompt length and returns a StoppingCriteria that sees every
+        step: the server's batcher (serve/batching.py) stops rows at their own budget and hands back finished rows."""
         tok = self.processor.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         end_ids = self._end_token_ids()
         prompt_length = batch["input_ids"].shape[1]
         guard = LoopGuard(prompt_length, pad_id, settings.loop_guard)
         criteria = [guard] + ([CancelCriteria(cancel)] if cancel is not None else [])
+        if watcher is not None:
+            criteria.append(watcher(guard, prompt_length))  # after the guard: it reads the guard's cuts
         kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, pad_token_id=pad_id,
                       eos_token_id=sorted(end_ids), stopping_criteria=StoppingCriteriaList(criteria))  # fmt: skip
         if settings.do_sample:
@@ -307,12 +311,13 @@ class Pipeline:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._lock, torch.inference_mode():
             sequences = self.model.generate(**batch, streamer=streamer, **kwargs)
-        results = []
-        for row in range(sequences.shape[0]):
-            ids, looped = generated_ids(sequences, prompt_length, row, guard, end_ids)
-            text = clean_text(tok.decode(ids, skip_special_tokens=True), self.template.stop)
-            results.append(Result(text, task, looped, len(ids)))
-        return results
+        return [self.decode_row(sequences, prompt_length, row, guard, task) for row in range(sequences.shape[0])]
+
+    def decode_row(self, sequences: torch.Tensor, prompt_length: int, row: int, guard: LoopGuard, task: str) -> Result:
+        """One row of a (possibly still running) generation -> its Result."""
+        ids, looped = generated_ids(sequences, prompt_length, row, guard, self._end_token_ids())
+        text = clean_text(self.processor.tokenizer.decode(ids, skip_special_tokens=True), self.template.stop)
+        return Result(text, task, looped, len(ids))
 
     def _single_token(self, text: str) -> bool:
         return len(self.processor.tokenizer.encode(text, add_special_tokens=False)) == 1

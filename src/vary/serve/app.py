@@ -5,13 +5,16 @@
     POST /v1/ocr/stream   the same form -> server-sent events: page, delta (text chunks), done, end | error
     POST /v1/chat         JSON {image: base64 | data URL, messages | question} or multipart (image + ...)
     GET  /health          model, device, queue use
+    POST /v1/chat/completions, GET /v1/models   OpenAI-compatible (openai_api.py)
+    GET  /metrics         Prometheus text format (metrics.py)
     GET  /                demo page (static/index.html): upload, pick a task, watch the answer stream in
     GET  /docs            OpenAPI docs
 
 The model is loaded once and shared; requests are admitted into a bounded queue (`queue_size` in flight
-or waiting, one more gets 503 with Retry-After) and inference runs in worker threads, one generate() at a
-time (Pipeline holds a lock), so the event loop keeps serving /health and new requests. Every error is
-JSON: {"error": message, "status": code}.
+or waiting, one more gets 503 with Retry-After); their generation jobs are batched across requests
+(batching.py: up to `max_batch` rows per generate(), jobs that arrive within `batch_window_ms`), run on
+one worker thread, so the event loop keeps serving /health and new requests. Every error is JSON:
+{"error": message, "status": code} (OpenAI's shape on the OpenAI routes).
 
 Limits (docs/serving-limits.md): request bodies are counted while they stream in (chunked or not) and cut
 off with 413 at the upload limit; images are checked from their header before any pixel is decoded; a
@@ -48,6 +51,9 @@ from vary.infer.documents import RENDER_SIZE, Document, DocumentError
 from vary.infer.pipeline import Pipeline, page_record
 from vary.modeling.processor import ImageError
 from vary.prompts import PromptError, parse_box
+from vary.serve.batching import BatchedPipeline
+from vary.serve.metrics import ServerMetrics
+from vary.serve.openai_api import install_openai_routes
 
 STATIC = Path(__file__).parent / "static"
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file, allowed over the upload limit
@@ -121,11 +127,14 @@ def create_app(
     max_pages: int = 50,
     request_timeout_s: float | None = 600.0,
     trusted_hosts: list[str] | None = None,
+    max_batch: int = 4,
+    batch_window_ms: float = 5.0,
 ) -> FastAPI:
     """The API + demo page over `pipeline` (loaded once by the caller, shared by every request).
 
     `request_timeout_s`: a request still generating after this long is stopped and answered 504 (None: no
-    limit). `trusted_hosts`: the Host header values accepted (e.g. ["localhost", "127.0.0.1"]); None: any."""
+    limit). `trusted_hosts`: the Host header values accepted (e.g. ["localhost", "127.0.0.1"]); None: any.
+    `max_batch`, `batch_window_ms`: batching across concurrent requests (serve/batching.py)."""
     app = FastAPI(
         title="Vary",
         version=vary.__version__,
@@ -133,10 +142,15 @@ def create_app(
     )
     limit = int(max_upload_mb * 1024 * 1024)
     admission = Admission(queue_size)
-    app.state.pipeline, app.state.admission = pipeline, admission
+    metrics = ServerMetrics()
+    pipeline = BatchedPipeline(pipeline, max_batch, batch_window_ms, metrics)  # every model call is batched
+    metrics.watch(admission, pipeline.batcher)
+    app.state.pipeline, app.state.admission, app.state.metrics = pipeline, admission, metrics
     _install_error_handlers(app, limit)
     if trusted_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
+    metrics.install(app)
+    install_openai_routes(app, pipeline, admission, limit)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @asynccontextmanager

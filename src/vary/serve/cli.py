@@ -20,8 +20,11 @@ def serve_command(
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="default generation budget per page"),
     request_timeout: float = typer.Option(600.0, "--request-timeout", min=0, help="seconds a request may run before it is stopped (504); 0: no limit"),
     trusted_host: list[str] | None = typer.Option(None, "--trusted-host", help="accepted Host header (repeatable; '*' for any); default on a loopback --host: localhost and 127.0.0.1, else any"),
+    max_batch: int = typer.Option(4, "--max-batch", min=1, help="rows per generate() batch across concurrent requests (1: no batching)"),
+    served_model_name: str | None = typer.Option(None, "--served-model-name", help="the model's name in the API (default: the folder's name)"),
+    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0, help="how long a request waits for others to share its batch"),
 ) -> None:  # fmt: skip
-    """Serve the HTTP API (/v1/ocr, /v1/chat, /docs) and a demo page at /."""
+    """Serve the HTTP API (/v1/ocr, /v1/chat, OpenAI /v1/chat/completions, /metrics, /docs) and a demo page at /."""
     import uvicorn
 
     from vary.infer.pipeline import Pipeline
@@ -36,11 +39,13 @@ def serve_command(
     except (CheckpointError, TokenizerError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
+    pipeline.name = served_model_name or pipeline.name  # what /v1/models lists and OpenAI clients send as `model`
     # Bound to loopback, only a local client should reach the server; a web page the user visits could still
     # send it requests through DNS rebinding (evil.example -> 127.0.0.1), which the Host header gives away.
     hosts = trusted_hosts_for(host, trusted_host)
-    app = create_app(pipeline, max_upload_mb=max_upload_mb, queue_size=queue_size,
-                     request_timeout_s=request_timeout or None, trusted_hosts=hosts)  # fmt: skip
+    app = create_app(pipeline, max_upload_mb=max_upload_mb, queue_size=queue_size, max_batch=max_batch,
+                     batch_window_ms=batch_window_ms, request_timeout_s=request_timeout or None,
+                     trusted_hosts=hosts)  # fmt: skip
     typer.echo(f"vary: serving {model_dir} on http://{host}:{port} (demo at /, API docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
