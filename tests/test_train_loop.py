@@ -113,6 +113,7 @@ Trainer(load_recipe(sys.argv[1]), on_checkpoint=kill, progress=False).train()
 """
 
 
+@pytest.mark.slow  # two training subprocesses, one killed: ~10 s on 2 cores
 def test_sigkill_after_a_checkpoint_then_resume_continues_exactly(tmp_path, shards):
     # Augmentation on (it is seeded per sample position, so it must be identical after resuming).
     common = dict(train={"max_steps": 6, "save_every": 2, "keep_last": 2}, data={"augment": True})
