@@ -34,7 +34,7 @@ import torch
 import uvicorn
 
 import vary
-from vary.infer.cli import ocr_documents
+from vary.infer.batch import ocr_documents
 from vary.infer.documents import open_documents
 from vary.infer.generation import LoopGuardConfig
 from vary.infer.pipeline import Pipeline

@@ -162,8 +162,8 @@ def test_chart_on_random_weights_raises_with_the_raw_text(pipe):
 
 
 def test_cli_choices_are_the_pipeline_tasks():
-    from vary.infer.cli import Task
     from vary.infer.pipeline import TASKS
+    from vary.infer.tasks import Task
 
     assert tuple(Task) == TASKS
 

@@ -1,48 +1,26 @@
 """`vary ocr PATH...`: images and PDF pages -> text, markdown, chart dicts or answers, on stdout or per page.
 
-Thin over `ocr_documents`, which tests call directly. Imports torch only inside the command, so
+Thin over `vary.infer.batch.ocr_documents`. Imports torch only inside the command, so
 registering it keeps `vary --help` and torch-free commands fast.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from enum import StrEnum
 from pathlib import Path
 
 import typer
 
 from vary.assets import bundled_model_dir
+from vary.infer.batch import ocr_documents
+from vary.infer.tasks import Color, Task
 
-# PDF pages in multi-crop mode are rendered larger than the usual 1024 px: GOT's tiles are 1024 px each, and an
-# A4/Letter page gets a 2x3 grid, which this fills without upscaling.
-CROP_RENDER_SIZE = 3072
-EXTENSIONS = {"ocr": ".txt", "markdown": ".md", "chart": ".json", "ask": ".txt"}
 NO_MODEL_MESSAGE = (
     "no model folder: pass --model DIR. Any local Vary folder works: one written by `vary train`, an "
     "official checkpoint, or one converted with `vary convert SRC DST`; so does a hub id org/name[@revision] "
     "or a known name from `vary models` (this install has no bundled model in vary/assets/model)."
 )
 MODEL_HELP = "model folder (ours or official), hub id org/name[@revision], or a name from `vary models`; default: the bundled model"
-
-
-class Task(StrEnum):
-    """The tasks of vary.infer.pipeline.TASKS, as CLI/API choices (kept here: this module must not import torch)."""
-
-    ocr = "ocr"  # plain text
-    markdown = "markdown"  # markdown (tables, formulas)
-    chart = "chart"  # a python-dict literal -> dict
-    ask = "ask"  # a short answer to a question
-
-
-class Color(StrEnum):
-    """GOT-OCR2's fine-grained colour prompts (vary.prompts.GOT_COLORS)."""
-
-    red = "red"
-    green = "green"
-    blue = "blue"
 
 
 def box_option(value: str | None) -> tuple[float, float, float, float] | None:
@@ -81,77 +59,6 @@ def quiet_loading() -> None:
     logging.disable_progress_bar()
 
 
-# --- the library function --------------------------------------------------------------------------------
-def output_names(pages, ext: str) -> list[str]:
-    """`stem.ext` for images, `stem-p0003.ext` for PDF pages; a numeric suffix keeps names from clashing."""
-    names, seen = [], set()
-    for page in pages:
-        stem = Path(page.document.name).stem or "upload"
-        base = stem if page.number is None else f"{stem}-p{page.number:04d}"
-        name, n = base + ext, 1
-        while name in seen:
-            n += 1
-            name = f"{base}-{n}{ext}"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
-def ocr_documents(
-    pipeline,
-    documents: list,
-    task: str = "ocr",
-    question: str | None = None,
-    out: Path | None = None,
-    batch_size: int = 4,
-    progress: bool = True,
-    errors: list | None = None,
-    **overrides,
-) -> list[dict]:
-    """Run `task` on every page of the documents (documents.open_documents); a file per page in `out`, or stdout.
-
-    With `errors` (a list), a page that cannot be decoded is reported there as (page, error) and the run goes on."""
-    from tqdm import tqdm
-
-    from vary.infer.pipeline import page_record
-
-    all_pages = [page for doc in documents for page in doc]
-    names = output_names(all_pages, EXTENSIONS[task])
-    names = {(id(p.document), p.number): name for p, name in zip(all_pages, names, strict=True)}
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    records = []
-    bar = tqdm(total=len(all_pages), unit="page", disable=not progress or len(all_pages) < 2, file=sys.stderr)
-    reported = len(errors or [])
-
-    def report_errors() -> None:  # pages run_pages skipped since the last call
-        nonlocal reported
-        for _, err in (errors or [])[reported:]:
-            tqdm.write(f"error: {err}", file=sys.stderr)
-            bar.update(1)
-        reported = len(errors or [])
-
-    for page, result in pipeline.run_pages(
-        all_pages, task, question, batch_size=batch_size, errors=errors, **overrides
-    ):
-        report_errors()
-        name = names[(id(page.document), page.number)]
-        record = page_record(page, result, task)
-        text = json.dumps(record, ensure_ascii=False, indent=2) if task == "chart" else result.text
-        if out is not None:
-            (out / name).write_text(text + "\n", encoding="utf-8")
-        else:
-            header = f"==> {page.label} <==\n" if len(all_pages) > 1 else ""
-            tqdm.write(header + text, file=sys.stdout)
-        if result.truncated_by_loop_guard:
-            tqdm.write(f"warning: {page.label}: stopped by the repetition-loop guard", file=sys.stderr)
-        records.append(record)
-        bar.update(1)
-    report_errors()
-    bar.close()
-    return records
-
-
 # --- the command -----------------------------------------------------------------------------------------
 def ocr_command(
     paths: list[Path] = typer.Argument(..., help="images and/or PDFs"),
@@ -171,7 +78,7 @@ def ocr_command(
     no_repeat_ngram_size: int | None = typer.Option(None, "--no-repeat-ngram-size", min=0, help="ban repeated n-grams of this size (0: off; default: the model's, 20 for GOT-OCR2)"),
 ) -> None:  # fmt: skip
     """Read text, markdown, chart data or answers from images and PDF pages."""
-    from vary.infer.documents import RENDER_SIZE, DocumentError, open_documents
+    from vary.infer.documents import CROP_RENDER_SIZE, RENDER_SIZE, DocumentError, open_documents
     from vary.infer.pipeline import Pipeline
     from vary.modeling.official import CheckpointError
     from vary.modeling.tokenizer import TokenizerError

@@ -24,6 +24,9 @@ from vary.modeling.processor import DEFAULT_MAX_PIXELS, ImageError, load_image, 
 pymupdf.TOOLS.mupdf_display_errors(False)  # our DocumentError says what went wrong; no stray C-level noise
 
 RENDER_SIZE = 1024  # longest side of a rendered PDF page, in pixels (the processor resizes it to the model's size)
+# PDF pages in multi-crop mode are rendered larger than the usual 1024 px: GOT's tiles are 1024 px each, and an
+# A4/Letter page gets a 2x3 grid, which this fills without upscaling.
+CROP_RENDER_SIZE = 3072
 
 
 class DocumentError(ValueError):

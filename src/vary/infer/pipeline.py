@@ -41,6 +41,7 @@ from vary.infer.generation import (
     clean_text,
     generated_ids,
 )
+from vary.infer.tasks import Task
 from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
@@ -48,7 +49,7 @@ from vary.modeling.vary import VaryForCausalLM
 from vary.prompts import ask_prompt, box_to_grid, get_prompt_style
 from vary.templates import get_template
 
-TASKS = ("ocr", "markdown", "chart", "ask")  # plain text, markdown, chart -> dict, short answer to a question
+TASKS = tuple(Task)  # plain text, markdown, chart -> dict, short answer to a question
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
 

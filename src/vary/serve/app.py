@@ -46,9 +46,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import vary
-from vary.infer.cli import CROP_RENDER_SIZE, Color, Task
-from vary.infer.documents import RENDER_SIZE, Document, DocumentError
+from vary.infer.documents import CROP_RENDER_SIZE, RENDER_SIZE, Document, DocumentError
 from vary.infer.pipeline import Pipeline, page_record
+from vary.infer.tasks import Color, Task
 from vary.modeling.processor import ImageError
 from vary.prompts import PromptError, parse_box
 from vary.serve.batching import BatchedPipeline
