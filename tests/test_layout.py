@@ -86,3 +86,12 @@ def _imported(text: str) -> set[str]:
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return names
+
+
+def test_the_library_does_not_import_its_command_line():
+    """CLIs are thin layers over the library: the server, pipeline and batch runner never import a `cli` module."""
+    graph = vary_imports()
+    library = [m for m in graph if not m.endswith(".cli") and m not in ("vary.cli", "vary.__main__")]
+    assert "vary.serve.app" in library and "vary.infer.batch" in library
+    offenders = {m: sorted(d for d in graph[m] if d.endswith(".cli")) for m in library}
+    assert {m: d for m, d in offenders.items() if d} == {}
