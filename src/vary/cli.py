@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from vary.cli_errors import fail
+
 app = typer.Typer(
     help="Vary: document OCR, chart parsing and document VQA with a scaled-up vision vocabulary.",
     no_args_is_help=True,
@@ -57,8 +59,7 @@ def convert_command(
         norm = image_norm_overrides(image_norm) if image_norm else {}
         out = convert(src_dir, dst, dtype=getattr(torch, dtype), format=format, **norm)
     except (CheckpointError, TokenizerError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+        fail(err)
     typer.echo(f"wrote {out}")
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from vary.cli_errors import fail
+
 app = typer.Typer(help="Make, inspect and export training data.", no_args_is_help=True)
 
 
@@ -78,8 +80,7 @@ def generate_command(
         )
         report = generate(cfg)
     except DataEngineError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+        fail(err)
     typer.echo(
         f"{kind}: wrote {len(report.written_shards)} shard(s), {report.samples} samples; "
         f"{len(report.existing_shards)} shard(s) already done; manifest {report.manifest}"
@@ -92,8 +93,7 @@ def generate_command(
         if len(report.skipped) > 50:
             typer.echo(f"  ... and {len(report.skipped) - 50} more (see manifest.json)")
     if report.samples == 0 and not report.existing_shards:
-        typer.echo("error: no samples could be made from these inputs", err=True)
-        raise typer.Exit(1)
+        fail("no samples could be made from these inputs", 1)
 
 
 @app.command("preview")
@@ -109,8 +109,7 @@ def preview_command(
     try:
         path = contact_sheet(data, out, n=n, seed=seed)
     except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+        fail(err)
     typer.echo(f"wrote {path}")
 
 
@@ -126,8 +125,7 @@ def export_llava_command(
     try:
         result = export_llava(data, out, name=name)
     except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+        fail(err)
     typer.echo(f"wrote {result.samples} conversations to {result.json_path} ({result.corrupt} corrupt skipped)")
 
 
@@ -143,8 +141,7 @@ def stats_command(
     try:
         stats = dataset_stats(data, verify=verify)
     except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+        fail(err)
     if as_json:
         typer.echo(json.dumps(stats, ensure_ascii=False, indent=1))
         return

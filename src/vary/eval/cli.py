@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from vary.cli_errors import fail
+
 eval_app = typer.Typer(help="Score models and OCR baselines with the paper's metrics.", no_args_is_help=True)
 
 
@@ -27,8 +29,7 @@ def run_cmd(
             data, model, out, limit=limit, fox_compatible=fox_compatible, dataset_format=dataset_format
         )
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
+        fail(e)
     typer.echo(render_markdown(run))
     typer.echo("\n".join(f"wrote {p}" for p in paths.values()))
 
@@ -45,8 +46,7 @@ def compare_cmd(
     try:
         text = compare_runs(load_run(a), load_run(b), label_a=str(a), label_b=str(b))
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
+        fail(e)
     typer.echo(text)
     if out is not None:
         out.write_text(text + "\n", encoding="utf-8")
@@ -63,8 +63,7 @@ def merge_cmd(
     try:
         run = merge_runs([load_run(p) for p in runs])
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
+        fail(e)
     paths = write_outputs(run, out)
     typer.echo(render_markdown(run))
     typer.echo("\n".join(f"wrote {p}" for p in paths.values()))

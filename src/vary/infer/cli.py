@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from vary.assets import bundled_model_dir
+from vary.cli_errors import fail
 from vary.infer.batch import ocr_documents
 from vary.infer.tasks import Color, Task
 
@@ -43,13 +44,11 @@ def resolve_model(model: str | None) -> Path:
     if model is None:
         model = bundled_model_dir()
     if model is None:
-        typer.secho(f"error: {NO_MODEL_MESSAGE}", fg="red", err=True)
-        raise typer.Exit(2)
+        fail(NO_MODEL_MESSAGE)
     try:
         return resolve_spec(model)
     except HubError as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(err)
 
 
 def quiet_loading() -> None:
@@ -109,15 +108,12 @@ def ocr_command(
         records = ocr_documents(pipeline, documents, task.value, question, out, batch_size,
                                 errors=page_failures, max_new_tokens=max_new_tokens, **options)  # fmt: skip
     except PromptError as err:  # a task or option this model has no prompt for: a usage error
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(err)
     except (DocumentError, CheckpointError, TokenizerError, ValueError, OSError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
+        fail(err, 1)
     seconds = time.perf_counter() - start
     where = f" -> {out}" if out is not None else ""
     typer.echo(f"{len(records)} page(s) in {seconds:.1f} s ({len(records) / seconds:.2f} pages/s){where}", err=True)
     if failures or page_failures:
-        typer.secho(f"error: {len(failures) + len(page_failures)} input(s)/page(s) failed (see above); "
-                    f"the other {len(records)} page(s) were written", fg="red", err=True)  # fmt: skip
-        raise typer.Exit(1)
+        fail(f"{len(failures) + len(page_failures)} input(s)/page(s) failed (see above); "
+             f"the other {len(records)} page(s) were written", 1)  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from vary.cli_errors import fail
 from vary.infer.cli import MODEL_HELP, quiet_loading, resolve_model
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -37,8 +38,7 @@ def serve_command(
     try:
         pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     except (CheckpointError, TokenizerError, ValueError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
+        fail(err, 1)
     pipeline.name = served_model_name or pipeline.name  # what /v1/models lists and OpenAI clients send as `model`
     # Bound to loopback, only a local client should reach the server; a web page the user visits could still
     # send it requests through DNS rebinding (evil.example -> 127.0.0.1), which the Host header gives away.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from vary.cli_errors import fail
+
 train_app = typer.Typer(
     help="Train Vary stages (vary-tiny, vary-base-pretrain, vary-base-sft, nano).", no_args_is_help=True
 )
@@ -28,11 +30,6 @@ def _recipe(recipe: str, overrides: list[str] | None, data: list[str] | None, ou
     if out is not None:
         extra.append(f"train.output_dir='{out}'")
     return load_recipe(recipe, extra)
-
-
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg="red", err=True)
-    raise typer.Exit(2) from err
 
 
 @train_app.command("run")
@@ -60,10 +57,9 @@ def run_cmd(
         trainer = Trainer(r, resume=resume_from or resume, progress=not quiet)
         state = trainer.train()
     except OutOfMemory as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(3) from err
+        fail(err, 3)
     except (RecipeError, DataError, InitError, CheckpointError, TokenizerError, FileNotFoundError) as err:
-        _fail(err)
+        fail(err)
     if trainer.main:
         skipped = ", ".join(f"{k} {v}" for k, v in state.skipped.items()) or "none"
         typer.echo(
@@ -83,7 +79,7 @@ def show_cmd(
     try:
         typer.echo(_recipe(recipe, overrides, None, None).to_yaml())
     except RecipeError as err:
-        _fail(err)
+        fail(err)
 
 
 @train_app.command("plot")
@@ -97,7 +93,7 @@ def plot_cmd(
     try:
         typer.echo(f"wrote {plot_run(run_dir, out)}")
     except FileNotFoundError as err:
-        _fail(err)
+        fail(err)
 
 
 @train_app.command("features")
@@ -122,7 +118,7 @@ def features_cmd(
             folder = compute_features(vision, source, batch_size=batch_size, dtype=dtype, workers=workers)
             typer.echo(f"wrote {folder}")
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
-        _fail(err)
+        fail(err)
 
 
 @train_app.command("warmup")
@@ -153,4 +149,4 @@ def warmup_cmd(
     try:
         typer.echo(f"saved {warm_up(config, progress=not quiet)}")
     except (WarmupError, DataError, TokenizerError, FileNotFoundError) as err:
-        _fail(err)
+        fail(err)
