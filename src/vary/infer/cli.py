@@ -33,6 +33,12 @@ class Task(StrEnum):
     ask = "ask"  # a short answer to a question
 
 
+class Quantize(StrEnum):
+    """Choices of --quantize (vary.modeling.quantize.QUANTIZE_CHOICES; kept here: no torch import)."""
+
+    int8 = "int8"
+
+
 def resolve_model(model: Path | None) -> Path:
     """--model, else the bundled model; exits with a clear message when there is neither."""
     if model is None:
@@ -112,7 +118,8 @@ def ocr_command(
     model: Path | None = typer.Option(None, "--model", help="model folder (ours or official); default: the bundled model"),
     pages: str | None = typer.Option(None, "--pages", help="PDF pages, e.g. 1-3,7 or 5- (default: all)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16/fp16 on GPU)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (bf16 on CPUs with native bf16); default: float32 on CPU, bf16/fp16 on GPU"),
+    quantize: Quantize | None = typer.Option(None, "--quantize", help="int8: int8 decoder weights, faster CPU decoding (docs/cpu-speed.md)"),
     out: Path | None = typer.Option(None, "--out", help="write one .txt/.md/.json per page here instead of stdout"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="generation budget per page"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="pages generated together"),
@@ -131,7 +138,7 @@ def ocr_command(
         raise typer.BadParameter("--question is only used with --task ask", param_hint="--question")
     try:
         documents = open_documents(paths, pages)  # check every input before spending time on the model
-        pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+        pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, quantize=quantize and quantize.value)
         start = time.perf_counter()
         records = ocr_documents(
             pipeline, documents, task.value, question, out, batch_size, max_new_tokens=max_new_tokens

@@ -17,12 +17,23 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "qwen.tiktoken", "
                    "added_tokens.json", "special_tokens_map.json")  # fmt: skip
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> VaryForCausalLM:
-    """Load a model folder; official checkpoints are converted on the fly (`overrides` set their preprocessing)."""
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, quantize: str | None = None, **overrides: Any
+) -> VaryForCausalLM:
+    """Load a model folder; official checkpoints are converted on the fly (`overrides` set their preprocessing).
+
+    `quantize="int8"`: int8 decoder weights for CPU decoding (see vary.modeling.quantize); needs float32.
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
     config = read_config(path)
+    if quantize is not None:
+        from vary.modeling.quantize import load_quantized
+
+        if dtype != torch.float32:
+            raise ValueError(f"quantize={quantize!r} keeps float32 activations: use dtype float32, not {dtype}")
+        return load_quantized(path, quantize, **overrides)
     if official_family(config) is not None:
         return load_official(path, dtype=dtype, **overrides)
     if config.get("model_type") != "vary":
@@ -35,10 +46,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **overrides
 
 
 def load(
-    path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any
+    path: str | Path, dtype: torch.dtype = torch.float32, quantize: str | None = None, **overrides: Any
 ) -> tuple[VaryForCausalLM, VaryProcessor]:
-    """Model + processor (tokenizer included) from a local folder."""
-    model = load_model(path, dtype=dtype, **overrides)
+    """Model + processor (tokenizer included) from a local folder; `quantize`: see load_model."""
+    model = load_model(path, dtype=dtype, quantize=quantize, **overrides)
     c = model.config
     ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}
     tokenizer = load_tokenizer(path, image_token_ids=ids)
