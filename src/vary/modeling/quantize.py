@@ -26,7 +26,9 @@ a time (loaded in float32, quantized, float32 freed).
 
 from __future__ import annotations
 
+import gc
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +64,27 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
 
 
 # --- int8 modules ----------------------------------------------------------------------------------------
-def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric int8 per row: weight ~= q * scale[:, None]; q in [-127, 127]."""
-    weight = weight.float()
-    scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    q = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+def quantize_rows(weight: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per row: weight ~= q * scale[:, None]; q in [-127, 127]. In row chunks, so a 151,860-row
+    embedding needs no full-size float temporary."""
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    scale = torch.empty(weight.shape[0])
+    for start in range(0, weight.shape[0], chunk):
+        rows = weight[start : start + chunk].float()
+        scale[start : start + chunk] = rows.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        q[start : start + chunk] = torch.round(rows / scale[start : start + chunk, None]).clamp_(-127, 127)
     return q, scale
 
 
 class QuantizedEmbedding(nn.Module):
-    """An nn.Embedding stored as int8 rows + one float32 scale per row; looks up, then dequantizes those rows."""
+    """An nn.Embedding stored as int8 rows + one float32 scale per row (see `quantize_rows`); looks rows up,
+    then dequantizes only those."""
 
-    def __init__(self, weight: Tensor, padding_idx: int | None = None):
+    def __init__(self, rows: Tensor, scale: Tensor, padding_idx: int | None = None):
         super().__init__()
-        q, scale = quantize_rows(weight)
-        self.register_buffer("weight_int8", q)
+        self.register_buffer("weight_int8", rows)
         self.register_buffer("scale", scale)
-        self.num_embeddings, self.embedding_dim = q.shape
+        self.num_embeddings, self.embedding_dim = rows.shape
         self.padding_idx = padding_idx
 
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -88,26 +94,38 @@ class QuantizedEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
 
 
+def int8_linear(rows: Tensor, scale: Tensor, bias: Tensor | None = None) -> nn.Module:
+    """A dynamic int8 Linear (x @ W.T + bias) from int8 rows + per-row scales, as `quantize_dynamic` makes.
+
+    Built from the rows directly rather than through an observer on a float Linear: the 151,860 x 1,024 lm_head
+    then needs no float copy, and its int8 rows are the ones the embedding keeps (fbgemm packs its own copy).
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    out_features, in_features = rows.shape
+    zero_points = torch.zeros(out_features, dtype=torch.long)
+    with _torch_ao_deprecation_silenced():
+        weight = torch._make_per_channel_quantized_tensor(rows, scale.double(), zero_points, 0)
+    linear = DynamicLinear(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
+    linear.set_weight_bias(weight, None if bias is None else bias.float().clone())
+    return linear
+
+
+@contextmanager
+def _torch_ao_deprecation_silenced():
+    """torch.ao.quantization's deprecation notices (see the module docstring): expected here, nothing to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
+        yield
+
+
 def _quantize_dynamic(module: nn.Module) -> nn.Module:
     """Every nn.Linear inside `module` -> int8 dynamic Linear (per-output-channel scales), in place."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    with warnings.catch_warnings():
-        # the torch.ao.quantization deprecation notice (see the module docstring): expected, nothing to act on
-        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*", category=UserWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    with _torch_ao_deprecation_silenced():
         return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-
-
-def quantized_linear(weight: Tensor, bias: Tensor | None = None) -> nn.Module:
-    """An int8 dynamic Linear computing x @ weight.T (+ bias); `weight` may be shared with an embedding."""
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.float(), requires_grad=False)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias.float(), requires_grad=False)
-    holder = nn.Sequential(linear)  # quantize_dynamic swaps children, not the module it is given
-    return _quantize_dynamic(holder)[0]
 
 
 def decoder_layers(model) -> tuple[str, nn.ModuleList]:
@@ -126,15 +144,14 @@ def is_quantized(model) -> bool:
     return isinstance(model.get_input_embeddings(), QuantizedEmbedding)
 
 
-def _quantize_embeddings(model, embedding_weight: Tensor, lm_head_weight: Tensor | None) -> None:
-    """Input embedding -> QuantizedEmbedding; lm_head -> int8 Linear (from the embedding when they are tied)."""
-    old_lm_head = model.get_output_embeddings()
-    bias = getattr(old_lm_head, "bias", None)
+def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_rows: tuple[Tensor, Tensor] | None):
+    """Input embedding -> QuantizedEmbedding; lm_head -> int8 Linear (on the embedding's rows when tied)."""
+    bias = getattr(model.get_output_embeddings(), "bias", None)
     if bias is not None and bias.is_meta:
         raise ValueError("lm_head bias was not loaded")
     padding_idx = getattr(model.get_input_embeddings(), "padding_idx", None)
-    model.set_output_embeddings(quantized_linear(embedding_weight if lm_head_weight is None else lm_head_weight, bias))
-    model.set_input_embeddings(QuantizedEmbedding(embedding_weight, padding_idx))
+    model.set_output_embeddings(int8_linear(*(lm_head_rows or embedding_rows), bias))
+    model.set_input_embeddings(QuantizedEmbedding(*embedding_rows, padding_idx))
 
 
 def quantize_model_(model, method: str = "int8"):
@@ -147,10 +164,9 @@ def quantize_model_(model, method: str = "int8"):
         return model
     model.float()
     tied = model.config.tie_word_embeddings
-    embedding = model.get_input_embeddings().weight.detach()
-    lm_head = None if tied else model.get_output_embeddings().weight.detach()
+    embedding = quantize_rows(model.get_input_embeddings().weight.detach())
+    lm_head = None if tied else quantize_rows(model.get_output_embeddings().weight.detach())
     _quantize_embeddings(model, embedding, lm_head)
-    del embedding, lm_head
     for layer in decoder_layers(model)[1]:
         _quantize_dynamic(layer)
     return model.eval()
@@ -163,20 +179,43 @@ def _check_method(method: str) -> None:
 
 # --- lean loading ----------------------------------------------------------------------------------------
 class _LazyWeights:
-    """Tensors of safetensors files by name, read on demand (each read is a fresh float32 copy)."""
+    """Tensors of safetensors files by name, read on demand as float32.
+
+    safetensors maps a file into memory and hands out views of it; every page read stays resident (and counted
+    in RSS) until the mapping is released, i.e. until the file is closed and no view is alive. So each `take`
+    closes the file again; tensors that the model keeps are copied out (`copy=True`), tensors that are only
+    read to be quantized stay views, and their pages leave RSS with the mapping (copies of those would land in
+    malloc's heap, which does not give freed memory back to the OS reliably).
+    """
 
     def __init__(self, files: list[Path]):
-        self._handles = [safe_open(str(path), framework="pt") for path in files]
-        self.where = {key: handle for handle in self._handles for key in handle.keys()}  # noqa: SIM118
+        self.where = {}
+        for path in files:
+            with safe_open(str(path), framework="pt") as handle:
+                self.where |= dict.fromkeys(handle.keys(), path)
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
 
-    def get(self, key: str) -> Tensor:
-        return self.where[key].get_tensor(key).float()
+    def take(self, keys: list[str], strip: str = "", copy: bool = False) -> dict[str, Tensor]:
+        out = {}
+        for path in dict.fromkeys(self.where[key] for key in keys):
+            with safe_open(str(path), framework="pt") as handle:
+                for key in keys:
+                    if self.where[key] == path:
+                        out[key.removeprefix(strip)] = handle.get_tensor(key).to(torch.float32, copy=copy)
+        return out
 
-    def take(self, keys: list[str], strip: str = "") -> dict[str, Tensor]:
-        return {key.removeprefix(strip): self.get(key) for key in keys}
+    def quantized_rows(self, key: str, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+        """`quantize_rows` of a matrix, read `chunk` rows at a time: no float copy of the whole matrix."""
+        with safe_open(str(self.where[key]), framework="pt") as handle:
+            n_rows, n_cols = handle.get_slice(key).get_shape()
+        rows, scale = torch.empty(n_rows, n_cols, dtype=torch.int8), torch.empty(n_rows)
+        for start in range(0, n_rows, chunk):
+            with safe_open(str(self.where[key]), framework="pt") as handle:  # closed each time: see the class doc
+                part = handle.get_slice(key)[start : start + chunk]
+            rows[start : start + chunk], scale[start : start + chunk] = quantize_rows(part)
+        return rows, scale
 
 
 def load_quantized(path: str | Path, method: str = "int8", **overrides: Any):
@@ -219,22 +258,27 @@ def load_quantized(path: str | Path, method: str = "int8", **overrides: Any):
 
     # 1. everything outside the decoder layers and the embedding/lm_head matrices, in float32
     rest = [k for k in expected if not k.startswith(prefix + ".") and k not in (embed_name, head_name)]
-    model.load_state_dict(weights.take(rest), strict=False, assign=True)
+    model.load_state_dict(weights.take(rest, copy=True), strict=False, assign=True)
     for module in model.modules():  # buffers that are not in checkpoints (rotary frequencies): recomputed below
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.is_meta:
                 module._buffers[name] = torch.empty_like(buffer, device="cpu")
     _reset_buffers(model)
     # 2. embedding + lm_head, int8 (the float32 matrices are freed on return)
-    lm_head = None if tied or head_name not in weights else weights.get(head_name)
-    _quantize_embeddings(model, weights.get(embed_name), lm_head)
-    del lm_head
+    lm_head = None if tied or head_name not in weights else weights.quantized_rows(head_name)
+    _quantize_embeddings(model, weights.quantized_rows(embed_name), lm_head)
+    gc.collect()  # the swapped-out float modules sit in reference cycles: free them (and their pages) now
     # 3. decoder layers, one at a time
     for i, layer in enumerate(layers):
         layer_prefix = f"{prefix}.{i}."
         keys = [k for k in expected if k.startswith(layer_prefix)]
         layer.load_state_dict(weights.take(keys, strip=layer_prefix), strict=True, assign=True)
+        for module in layer.modules():  # what stays float (norms, biases) must not keep the file mapped
+            for name, param in module.named_parameters(recurse=False):
+                if not (isinstance(module, nn.Linear) and name == "weight"):
+                    param.data = param.data.clone()
         _quantize_dynamic(layer)
+        gc.collect()
     left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise CheckpointError(f"{path}: weights not loaded: {left[:5]}")
