@@ -6,7 +6,8 @@
 
 Every configuration runs in its own child process, so its peak RSS (ru_maxrss: model load + one page) is its own.
 Ours load a random-weight checkpoint saved once per model (seed 0) through `vary.load_model`, with the fast CPU
-path on: `fp32`, `int8` (`quantize="int8"`), `bf16` (only where the CPU has native bf16, see
+path on: `fp32`, `int8` (`quantize="int8"`), `int8-bf16vision` (`quantize="int8", dtype=bfloat16`: int8 decoder,
+bf16 vision branch), `bf16` (both bf16 ones only where the CPU has native bf16, see
 `vary.modeling.quantize.cpu_has_native_bf16`; elsewhere it is emulated and 15-30x slower). `hf-fp32` is
 transformers' `GotOcr2ForConditionalGeneration` at GOT-OCR2's sizes (its default config), random weights.
 Per configuration: one page = `generate` with a random 1024x1024 image and its 256 image tokens, greedy, eos
@@ -39,7 +40,7 @@ from pathlib import Path
 
 TARGETS = "vary-tiny int8 decode >= 2x fp32; GOT-OCR2 int8 decode >= 35 tok/s, peak RSS <= 1.5 GB; page >= 2x hf-fp32"
 MODELS = ("vary-tiny", "got-ocr2")
-CONFIGS = ("fp32", "int8", "bf16", "hf-fp32")
+CONFIGS = ("fp32", "int8", "int8-bf16vision", "bf16", "hf-fp32")
 DEFAULT_CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))  # this checkout's vary, in this process and (via PYTHONPATH) in the children
@@ -67,8 +68,8 @@ def load_ours(folder, variant: str, **overrides):
 
     from vary.modeling.loading import load_model
 
-    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
-    model = load_model(folder, dtype=dtype, quantize="int8" if variant == "int8" else None, **overrides)
+    dtype = torch.bfloat16 if "bf16" in variant else torch.float32
+    model = load_model(folder, dtype=dtype, quantize="int8" if "int8" in variant else None, **overrides)
     return model.eval().enable_fast_cpu_path()
 
 
@@ -274,9 +275,9 @@ def main() -> None:
     from vary.modeling.quantize import cpu_has_native_bf16
 
     native_bf16 = cpu_has_native_bf16()
-    if "bf16" in configs and not native_bf16:
-        print("bf16 skipped: this CPU has no native bf16 (AVX512_BF16/AMX), it would be emulated")
-        configs.remove("bf16")
+    if not native_bf16 and any("bf16" in c for c in configs):
+        print("bf16 configurations skipped: this CPU has no native bf16 (AVX512_BF16/AMX), it would be emulated")
+        configs = [c for c in configs if "bf16" not in c]
     print(f"machine: {machine()}; torch {torch.__version__}; {args.threads} threads")
     print(f"load average before: {os.getloadavg()[0]:.2f} (the machine may be shared)", flush=True)
     started = time.perf_counter()
@@ -289,7 +290,7 @@ def main() -> None:
             for config in configs:
                 if config == "hf-fp32" and model != "got-ocr2":
                     continue
-                long_page = model == "got-ocr2" and config in ("int8", "hf-fp32")
+                long_page = model == "got-ocr2" and config in ("int8", "int8-bf16vision", "hf-fp32")
                 tokens = page_tokens if long_page else new_tokens
                 print(f"{model} {config}: one page, {tokens} new tokens...", flush=True)
                 spec = dict(kind="time", model=model, config=config, checkpoint=checkpoint, new_tokens=tokens,
@@ -297,7 +298,7 @@ def main() -> None:
                 timings[model, config] = run_child(spec, args.threads)
             if not args.no_quality:
                 print(f"{model}: quality, {quality_tokens} tokens...", flush=True)
-                variants = [v for v in ("int8", "bf16") if v != "bf16" or native_bf16]
+                variants = [v for v in ("int8", "int8-bf16vision", "bf16") if "bf16" not in v or native_bf16]
                 spec = dict(kind="quality", checkpoint=checkpoint, tokens=quality_tokens, variants=variants)
                 quality[f"{model} (full size, random)"] = run_child(spec, args.threads)
         if not args.no_quality:
@@ -306,7 +307,7 @@ def main() -> None:
                 print(f"no conformance cases in {args.conformance_dir} (set VARY_CONFORMANCE_DIR)")
             for case in cases:
                 print(f"conformance {case.parent.name}: quality...", flush=True)
-                variants = [v for v in ("int8", "bf16") if v != "bf16" or native_bf16]
+                variants = [v for v in ("int8", "int8-bf16vision", "bf16") if "bf16" not in v or native_bf16]
                 spec = dict(kind="quality", case=str(case.parent), tokens=quality_tokens, variants=variants)
                 quality[f"conformance {case.parent.name}"] = run_child(spec, args.threads)
     print(f"load average after: {os.getloadavg()[0]:.2f}; {time.perf_counter() - started:.0f} s in all\n")
@@ -327,26 +328,28 @@ def report(timings: dict, quality: dict, new_tokens: int) -> None:
     if ("vary-tiny", "int8") in t and ("vary-tiny", "fp32") in t:
         ratio = t["vary-tiny", "int8"]["decode_tok_s"] / t["vary-tiny", "fp32"]["decode_tok_s"]
         print(f"  vary-tiny int8 decode / fp32 decode: {ratio:.2f}x")
-    if ("got-ocr2", "int8") in t:
-        g = t["got-ocr2", "int8"]
-        print(f"  got-ocr2 int8: {g['decode_tok_s']:.1f} tok/s, peak RSS {g['peak_rss_gb']:.2f} GB")
+    for best in ("int8", "int8-bf16vision"):
+        if ("got-ocr2", best) not in t:
+            continue
+        g = t["got-ocr2", best]
+        print(f"  got-ocr2 {best}: {g['decode_tok_s']:.1f} tok/s, peak RSS {g['peak_rss_gb']:.2f} GB")
         for other in ("fp32", "hf-fp32"):
             if ("got-ocr2", other) in t:
                 o = t["got-ocr2", other]
-                print(f"  got-ocr2 int8 decode vs {other}: {g['decode_tok_s'] / o['decode_tok_s']:.2f}x")
+                print(f"  got-ocr2 {best} decode vs {other}: {g['decode_tok_s'] / o['decode_tok_s']:.2f}x")
         if ("got-ocr2", "hf-fp32") in t:
             h = t["got-ocr2", "hf-fp32"]
-            print(f"  {g['new_tokens']}-token page, end to end: ours int8 {g['page_s']:.1f} s, transformers GOT fp32 "
+            print(f"  {g['new_tokens']}-token page, end to end: ours {best} {g['page_s']:.1f} s, transformers GOT fp32 "
                   f"{h['page_s']:.1f} s ({h['page_s'] / g['page_s']:.2f}x)")  # fmt: skip
     if quality:
-        print(f"\n{'quality vs float32':<36}{'variant':>8}{'tf top-1':>10}{'greedy same':>13}{'1st diff':>10}"
+        print(f"\n{'quality vs float32':<36}{'variant':>16}{'tf top-1':>10}{'greedy same':>13}{'1st diff':>10}"
               f"{'max|dlogit|':>13}{'mean|dlogit|':>14}{'logit std':>11}")  # fmt: skip
         for source, variants in quality.items():
             if "skipped" in variants:
                 print(f"{source:<36} skipped: {variants['skipped'][-110:]}")
                 continue
             for variant, q in variants.items():
-                print(f"{source:<36}{variant:>8}{q['tf_top1']:>10.3f}{q['greedy_same']:>13.3f}{q['first_diff']:>10}"
+                print(f"{source:<36}{variant:>16}{q['tf_top1']:>10.3f}{q['greedy_same']:>13.3f}{q['first_diff']:>10}"
                       f"{q['max_drift']:>13.4f}{q['mean_drift']:>14.5f}{q['logit_std']:>11.4f}")  # fmt: skip
 
 

@@ -132,16 +132,16 @@ def test_quantize_refuses_bad_combinations(tmp_path):
     saved_model(tmp_path, got_like_config())
     with pytest.raises(ValueError, match="unknown quantization 'int4'"):
         load_model(tmp_path, quantize="int4")
-    with pytest.raises(ValueError, match="float32 activations"):
-        load_model(tmp_path, dtype=torch.bfloat16, quantize="int8")
+    with pytest.raises(ValueError, match="float32 or bfloat16, not torch.float16"):
+        load_model(tmp_path, dtype=torch.float16, quantize="int8")
 
 
 def test_pipeline_and_cli_run_int8(tiny_model_dir, tmp_path):
     pipe = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", max_new_tokens=8)
     assert pipe.info()["quantized"] == "int8"
     assert pipe.ocr(make_png()).num_tokens > 0
-    with pytest.raises(ValueError, match="keeps float32 activations"):
-        Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="bf16")
+    with pytest.raises(ValueError, match="float32 or bfloat16, not fp16"):
+        Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="fp16")
     with pytest.raises(ValueError, match="for CPU inference"):
         Pipeline.from_pretrained(tiny_model_dir, quantize="int8", device="cuda")
 
@@ -152,5 +152,22 @@ def test_pipeline_and_cli_run_int8(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, [*common, "--quantize", "int4"])
     assert result.exit_code == 2 and "int4" in result.output
-    result = runner.invoke(app, [*common, "--quantize", "int8", "--dtype", "bf16"])
+    result = runner.invoke(app, [*common, "--quantize", "int8", "--dtype", "fp16"])
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_int8_decoder_with_bf16_vision(tiny_model_dir):
+    """--quantize int8 --dtype bf16: vision branch and projector in bf16, decoder int8 with float32 activations."""
+    pipe = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="bf16", max_new_tokens=8)
+    model = pipe.model
+    assert model.vision_vocab.encoder.patch_embed.projection.weight.dtype is torch.bfloat16
+    assert model.projector_vary.weight.dtype is torch.bfloat16
+    assert model.language_model.model.decoder.final_layer_norm.weight.dtype is torch.float32
+    float_vision = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", max_new_tokens=8).model
+    batch = pipe.processor([make_png()], "")
+    with torch.inference_mode():
+        bf16_logits = model(**batch).logits
+        fp32_logits = float_vision(**batch).logits
+    assert bf16_logits.dtype is torch.float32
+    assert 0 < (bf16_logits - fp32_logits).abs().max() < 0.25 * fp32_logits.std()  # bf16 vision, same decoder
+    assert pipe.ocr(make_png()).num_tokens > 0

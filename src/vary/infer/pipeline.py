@@ -142,7 +142,8 @@ class Pipeline:
     ) -> Pipeline:
         """Load a local model folder (ours or official; None: the bundled model); `settings` are GenerationSettings.
 
-        `quantize="int8"` (CPU only): int8 decoder weights, ~2-4x faster decoding (docs/cpu-speed.md).
+        `quantize="int8"` (CPU only): int8 decoder weights, faster decoding (docs/cpu-speed.md); `dtype` then
+        sets the vision branches' dtype ("auto": bfloat16 where the CPU runs it natively).
         """
         if path is None:
             path = bundled_model_dir()
@@ -153,9 +154,8 @@ class Pipeline:
         if quantize is not None:
             if torch.device(device).type != "cpu":
                 raise ValueError(f"--quantize {quantize} is for CPU inference; on {device} use --dtype instead")
-            if dtype not in (None, "auto", "float32", "fp32", torch.float32):
-                raise ValueError(f"--quantize {quantize} keeps float32 activations: drop --dtype {dtype}")
-            dtype = torch.float32
+            if resolve_dtype(dtype, device) not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"--quantize {quantize} runs the vision branches in float32 or bfloat16, not {dtype}")
         model, processor = load(path, dtype=resolve_dtype(dtype, device), quantize=quantize)
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.

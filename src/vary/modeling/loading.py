@@ -22,7 +22,8 @@ def load_model(
 ) -> VaryForCausalLM:
     """Load a model folder; official checkpoints are converted on the fly (`overrides` set their preprocessing).
 
-    `quantize="int8"`: int8 decoder weights for CPU decoding (see vary.modeling.quantize); needs float32.
+    `quantize="int8"`: int8 decoder weights for CPU decoding (see vary.modeling.quantize); `dtype` (float32 or
+    bfloat16) is then the vision branches' dtype.
     """
     path = Path(path)
     if not path.is_dir():
@@ -31,9 +32,7 @@ def load_model(
     if quantize is not None:
         from vary.modeling.quantize import load_quantized
 
-        if dtype != torch.float32:
-            raise ValueError(f"quantize={quantize!r} keeps float32 activations: use dtype float32, not {dtype}")
-        return load_quantized(path, quantize, **overrides)
+        return load_quantized(path, quantize, vision_dtype=dtype, **overrides)
     if official_family(config) is not None:
         return load_official(path, dtype=dtype, **overrides)
     if config.get("model_type") != "vary":

@@ -9,7 +9,9 @@ bytes:
 - the lm_head matmul runs on an int8 copy of its weight (per-row scales), and the input embedding, which only
   looks rows up, keeps int8 rows + scales and dequantizes the rows it reads (`QuantizedEmbedding`). Keeping the
   embedding in float32 would cost 622 MB for GOT-OCR2, 40% of a 1.5 GB budget, for a lookup of one row a token.
-The vision branches and projectors stay float32: they run once per page, compute-bound, on the fast path.
+The vision branches and projectors run once per page and are compute-bound: they keep float32, or bfloat16
+where the caller asks (`vision_dtype`; worth it only on CPUs with native bf16, where it also halves their
+weights and activations, which is what keeps GOT-OCR2 int8 within ~1.5 GB).
 
 Why torch.ao's `quantize_dynamic` and not torchao: measured on 2 cores (Xeon, AVX-512 + AMX), 24 Linear layers
 1024x2816 / 2816x1024, batch 1: float32 15.1 ms, torch.ao dynamic int8 2.2 ms, torchao 0.18
@@ -154,12 +156,12 @@ def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_r
     model.set_input_embeddings(QuantizedEmbedding(*embedding_rows, padding_idx))
 
 
-def quantize_model_(model, method: str = "int8"):
+def quantize_model_(model, method: str = "int8", vision_dtype: torch.dtype = torch.float32):
     """Quantize a loaded float model in place (decoder Linears, lm_head, embedding); returns it.
 
     Peak memory is the float model: to load a checkpoint without that, use `load_quantized`.
     """
-    _check_method(method)
+    _check_method(method, vision_dtype)
     if is_quantized(model):
         return model
     model.float()
@@ -169,12 +171,24 @@ def quantize_model_(model, method: str = "int8"):
     _quantize_embeddings(model, embedding, lm_head)
     for layer in decoder_layers(model)[1]:
         _quantize_dynamic(layer)
+    _cast_vision(model, vision_dtype)
     return model.eval()
 
 
-def _check_method(method: str) -> None:
+def _check_method(method: str, vision_dtype: torch.dtype = torch.float32) -> None:
     if method not in QUANTIZE_CHOICES:
         raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+    if vision_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"quantize={method!r} keeps float32 activations in the decoder; the vision branches run "
+                         f"in float32 or bfloat16, not {vision_dtype}")  # fmt: skip
+
+
+def _cast_vision(model, vision_dtype: torch.dtype) -> None:
+    """Everything but the language model (vision branches, projectors) to `vision_dtype`. encode_images feeds the
+    vision branch in the projector's dtype and the splice casts its features to the LM's, so this is all it takes."""
+    for name, child in model.named_children():
+        if name != "language_model":
+            child.to(vision_dtype)
 
 
 # --- lean loading ----------------------------------------------------------------------------------------
@@ -218,7 +232,7 @@ class _LazyWeights:
         return rows, scale
 
 
-def load_quantized(path: str | Path, method: str = "int8", **overrides: Any):
+def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.dtype = torch.float32, **overrides: Any):
     """Load a model folder with an int8 decoder without ever holding the float32 decoder in memory.
 
     Our folders (safetensors) are read tensor by tensor into a meta-device model, one decoder layer at a time.
@@ -236,13 +250,14 @@ def load_quantized(path: str | Path, method: str = "int8", **overrides: Any):
     )
     from vary.modeling.vary import VaryForCausalLM
 
-    _check_method(method)
+    _check_method(method, vision_dtype)
     path = Path(path)
     if official_family(read_config(path)) is not None:
-        return quantize_model_(load_official(path, dtype=torch.float32, **overrides), method)
+        return quantize_model_(load_official(path, dtype=torch.float32, **overrides), method, vision_dtype)
     files = weight_files(path)
     if files[0].suffix != ".safetensors":
-        return quantize_model_(VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides), method)
+        model = VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
+        return quantize_model_(model, method, vision_dtype)
     config = VaryConfig.from_pretrained(path, **overrides)
     with torch.device("meta"):
         model = VaryForCausalLM(config)
@@ -264,6 +279,7 @@ def load_quantized(path: str | Path, method: str = "int8", **overrides: Any):
             if buffer is not None and buffer.is_meta:
                 module._buffers[name] = torch.empty_like(buffer, device="cpu")
     _reset_buffers(model)
+    _cast_vision(model, vision_dtype)
     # 2. embedding + lm_head, int8 (the float32 matrices are freed on return)
     lm_head = None if tied or head_name not in weights else weights.quantized_rows(head_name)
     _quantize_embeddings(model, weights.quantized_rows(embed_name), lm_head)
