@@ -171,3 +171,13 @@ def test_int8_decoder_with_bf16_vision(tiny_model_dir):
     assert bf16_logits.dtype is torch.float32
     assert 0 < (bf16_logits - fp32_logits).abs().max() < 0.25 * fp32_logits.std()  # bf16 vision, same decoder
     assert pipe.ocr(make_png()).num_tokens > 0
+
+
+def test_serve_quantize_int8(tiny_model_dir, monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda asgi, **kwargs: calls.append(asgi))
+    result = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert calls[0].state.pipeline.info()["quantized"] == "int8"
