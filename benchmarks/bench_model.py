@@ -1,19 +1,28 @@
-"""Full-size Vary-tiny on this CPU, plain transformers path vs the fast CPU path, side by side.
+"""CPU speed of full-size Vary-tiny and GOT-OCR2 (random weights): float32 vs int8 vs bf16, and transformers' GOT.
 
-    python benchmarks/bench_model.py              # ~3-5 minutes on 2 cores
-    python benchmarks/bench_model.py --quick      # one timed vision forward per path
-    python benchmarks/bench_model.py --isa avx2   # MKL/oneDNN/ATen limited to AVX2 (emulates an AVX2-only CPU)
+    python benchmarks/bench_model.py                  # ~10 minutes on 2 cores
+    python benchmarks/bench_model.py --quick          # ~4 minutes: fewer tokens, no 1,024-token page
+    python benchmarks/bench_model.py --models got-ocr2 --configs int8,hf-fp32 --no-quality
 
-`vary-tiny` preset (SAM-B vision vocabulary at 1024x1024 + OPT-125M), random weights, float32, batch 1.
-Each path runs in its own child process, so peak RSS is its own:
-  1. a whole page: `generate` with the image and `</s><img>` + 256 `<imgpad>` + `</img>`, exactly 256 new tokens
-     (greedy, eos disabled, KV cache). Decode tokens/s = tokens 2..256 over the time since the first token.
-     Peak RSS is the process's maximum resident set over model build + this page.
-  2. the vision-vocabulary forward alone, timed `--repeats` times after the page (which warms it up).
-  3. a decode floor: one matrix-vector product per LM weight matrix, i.e. the fp32 weights (~0.5 GB for
-     OPT-125M) streamed from memory once, as every decoded token must; batch-1 decoding is memory-bound.
-Both paths get the same weights (same seed) and image; the greedy ids and vision outputs are compared at the end.
-The machine may be shared: wall times are the minimum over repeats, and CPU seconds are printed beside them.
+Every configuration runs in its own child process, so its peak RSS (ru_maxrss: model load + one page) is its own.
+Ours load a random-weight checkpoint saved once per model (seed 0) through `vary.load_model`, with the fast CPU
+path on: `fp32`, `int8` (`quantize="int8"`), `int8-bf16vision` (`quantize="int8", dtype=bfloat16`: int8 decoder,
+bf16 vision branch), `bf16` (both bf16 ones only where the CPU has native bf16, see
+`vary.modeling.quantize.cpu_has_native_bf16`; elsewhere it is emulated and 15-30x slower). `hf-fp32` is
+transformers' `GotOcr2ForConditionalGeneration` at GOT-OCR2's sizes (its default config), random weights.
+Per configuration: one page = `generate` with a random 1024x1024 image and its 256 image tokens, greedy, eos
+off, exactly --new-tokens new tokens (--page-tokens for GOT int8 and hf-fp32: the end-to-end page comparison).
+  - vision s: the vision branch alone, timed once after the page (warm);
+  - first token s: vision + prefill; decode tok/s: tokens 2..--new-tokens over their wall time (CPU ms/tok:
+    their process CPU time per token, all threads: on a busy machine wall time rises, this less so);
+  - page s: encode + prefill + all new tokens.
+Quality (--quality, default on): greedy tokens and logits of int8 / bf16 against float32 on the same weights and
+inputs, over --quality-tokens tokens: the conformance checkpoints ($VARY_CONFORMANCE_DIR, official random
+weights, their image and prompt) and the full-size random models. "teacher-forced top-1" compares the argmax at
+every position of float32's greedy sequence; "greedy same" is the fraction of positions where the free-running
+greedy sequences agree (one early flip diverges the rest); logit drift is teacher-forced, next to the logits' std.
+Random weights have flat logits (tiny top-1 margins), so agreement here is a pessimistic stand-in for a trained
+model's. The machine may be shared: the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -22,174 +31,326 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-TARGETS = {"vision_s": 7.5, "decode_tok_s": 25.0, "peak_rss_gb": 2.0}
-AVX2_ENV = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-CHILD = r"""
-import json, resource, sys, time
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-from vary.config import preset
-from vary.modeling.vary import VaryForCausalLM
-
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
-torch.manual_seed(0)
-model = VaryForCausalLM(preset(args["preset"])).eval()
-if args["path"] == "fast":
-    model.enable_fast_cpu_path()
-rss_model_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-cfg = model.config
-size = cfg.image_size
-pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-prompt = [cfg.text_config.eos_token_id, cfg.image_start_token_id] + [cfg.image_patch_token_id] * cfg.image_token_len
-input_ids = torch.tensor([prompt + [cfg.image_end_token_id]])
+TARGETS = "vary-tiny int8 decode >= 2x fp32; GOT-OCR2 int8 decode >= 35 tok/s, peak RSS <= 1.5 GB; page >= 2x hf-fp32"
+MODELS = ("vary-tiny", "got-ocr2")
+CONFIGS = ("fp32", "int8", "int8-bf16vision", "bf16", "hf-fp32")
+DEFAULT_CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))  # this checkout's vary, in this process and (via PYTHONPATH) in the children
 
 
-class Stamps(StoppingCriteria):
-    # called once per generated token: wall and CPU time of each
-    def __init__(self):
-        self.wall, self.cpu = [], []
-
-    def __call__(self, input_ids, scores, **kwargs):
-        self.wall.append(time.perf_counter())
-        self.cpu.append(time.process_time())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-new = args["new_tokens"]
-stamps = Stamps()
-start = time.perf_counter()
-with torch.inference_mode():
-    ids = model.generate(
-        input_ids=input_ids, pixel_values=pixels, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-        eos_token_id=None, pad_token_id=cfg.text_config.pad_token_id, stopping_criteria=StoppingCriteriaList([stamps]),
-    )
-page_s = time.perf_counter() - start
-rss_page_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-decode = len(stamps.wall) - 1
+# --- child processes -----------------------------------------------------------------------------------------
+def child_save(spec: dict) -> dict:
+    """Save a random-weight float32 checkpoint of the preset (seed 0)."""
+    import torch
 
-vision_wall, vision_cpu = [], []
-with torch.inference_mode():
-    for _ in range(args["repeats"]):
-        wall, cpu = time.perf_counter(), time.process_time()
-        features = model.vision_vocab(pixels)
-        vision_wall.append(time.perf_counter() - wall)
-        vision_cpu.append(time.process_time() - cpu)
-# Decode floor: one matrix-vector product per LM weight matrix (what one token must read from memory), no attention.
-linears = [m for m in model.language_model.modules() if isinstance(m, torch.nn.Linear)]
-vectors = {n: torch.randn(1, n) for n in {m.in_features for m in linears}}
-floor = []
-with torch.inference_mode():
-    for _ in range(args["floor_repeats"]):
-        wall = time.perf_counter()
-        for m in linears:
-            m(vectors[m.in_features])
-        floor.append(time.perf_counter() - wall)
-torch.save({"ids": ids, "features": features}, args["outputs"])
-steps = sorted(b - a for a, b in zip(stamps.wall, stamps.wall[1:]))
-print(json.dumps({
-    "vision_s": min(vision_wall), "vision_all_s": vision_wall, "vision_cpu_s": min(vision_cpu),
-    "first_token_s": stamps.wall[0] - start,
-    "decode_tok_s": decode / (stamps.wall[-1] - stamps.wall[0]),
-    "decode_median_tok_s": 1 / steps[len(steps) // 2],
-    "floor_tok_s": 1 / sorted(floor)[len(floor) // 2],
-    "decode_cpu_ms_per_tok": 1e3 * (stamps.cpu[-1] - stamps.cpu[0]) / decode,
-    "page_s": page_s, "new_tokens": ids.shape[1] - input_ids.shape[1],
-    "rss_model_gb": rss_model_gb, "peak_rss_gb": rss_page_gb,
-    "peak_rss_final_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-}))
-"""
+    from vary.config import preset
+    from vary.modeling.vary import VaryForCausalLM
+
+    torch.manual_seed(0)
+    VaryForCausalLM(preset(spec["model"])).save_pretrained(spec["checkpoint"])
+    return {}
 
 
-def run_path(path: str, args: argparse.Namespace, outputs: Path) -> dict:
-    env = dict(os.environ, **(AVX2_ENV if args.isa == "avx2" else {}))
-    spec = dict(path=path, threads=args.threads, preset=args.preset, new_tokens=args.new_tokens,
-                repeats=args.repeats, floor_repeats=5 if args.quick else 20, outputs=str(outputs))  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, env=env)
+def load_ours(folder, variant: str, **overrides):
+    import torch
+
+    from vary.modeling.loading import load_model
+
+    dtype = torch.bfloat16 if "bf16" in variant else torch.float32
+    model = load_model(folder, dtype=dtype, quantize="int8" if "int8" in variant else None, **overrides)
+    return model.eval().enable_fast_cpu_path()
+
+
+def page_inputs(model, hf: bool):
+    """A random 1024x1024 image and a prompt of exactly its image tokens (what the decoder reads per page)."""
+    import torch
+
+    cfg = model.config
+    if hf:
+        size, n_image = cfg.vision_config.image_size, 256
+        ids = [cfg.image_token_index] * n_image
+    else:
+        size = cfg.image_size
+        ids = [cfg.image_start_token_id] + [cfg.image_patch_token_id] * cfg.image_token_len + [cfg.image_end_token_id]
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return torch.tensor([ids]), pixels
+
+
+def child_time(spec: dict) -> dict:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    start = time.perf_counter()
+    hf = spec["config"] == "hf-fp32"
+    if hf:
+        from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+        torch.manual_seed(0)
+        model = GotOcr2ForConditionalGeneration(GotOcr2Config()).eval()
+    else:
+        model = load_ours(spec["checkpoint"], spec["config"])
+    load_s = time.perf_counter() - start
+    rss_load = peak_rss_gb()
+    input_ids, pixels = page_inputs(model, hf)
+    pixels = pixels.to(model.dtype)
+
+    class Stamps(StoppingCriteria):  # called once per generated token
+        def __init__(self):
+            self.wall, self.cpu = [], []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.wall.append(time.perf_counter())
+            self.cpu.append(time.process_time())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    new, stamps = spec["new_tokens"], Stamps()
+    pad = model.generation_config.pad_token_id or 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, eos_token_id=None, pad_token_id=pad,
+                       stopping_criteria=StoppingCriteriaList([stamps]))  # fmt: skip
+    page_s = time.perf_counter() - start
+    rss_page = peak_rss_gb()
+    timed = min(len(stamps.wall), spec["decode_window"])
+    with torch.inference_mode():
+        vision = time.perf_counter()
+        if hf:
+            model.model.get_image_features(pixels)
+        else:
+            model.vision_vocab(pixels)
+        vision_s = time.perf_counter() - vision
+    return {
+        "load_s": load_s, "vision_s": vision_s, "first_token_s": stamps.wall[0] - start,
+        "decode_tok_s": (timed - 1) / (stamps.wall[timed - 1] - stamps.wall[0]),
+        "decode_all_tok_s": (len(stamps.wall) - 1) / (stamps.wall[-1] - stamps.wall[0]),
+        "decode_cpu_ms": 1e3 * (stamps.cpu[timed - 1] - stamps.cpu[0]) / (timed - 1),
+        "page_s": page_s, "new_tokens": len(stamps.wall), "rss_load_gb": rss_load, "peak_rss_gb": rss_page,
+    }  # fmt: skip
+
+
+def conformance_inputs(case_dir: Path):
+    """(load overrides, input_ids, pixel inputs) of a conformance case (see shared/conformance/README.md)."""
+    import torch
+
+    from vary.config import VaryConfig  # noqa: F401 - registers the config class
+    from vary.modeling.official import load_official
+    from vary.modeling.processor import VaryProcessor
+
+    case = json.loads((case_dir / "case.json").read_text())
+    preps = case["preprocess"]
+    high = next(p for p in preps.values() if p.get("branch", "vision_vocabulary") != "clip" and "mean" in p)
+    overrides = dict(image_mean=high["mean"], image_std=high["std"])
+    clip = next((p for p in preps.values() if p.get("branch") == "clip"), None)
+    if clip is not None:
+        overrides |= dict(clip_image_mean=clip["mean"], clip_image_std=clip["std"])
+    if "clip" in case:
+        overrides["clip_num_attention_heads"] = case["clip"]["num_attention_heads"]
+    processor = VaryProcessor(load_official(case_dir / "checkpoint", **overrides).config, tokenizer=None)
+    pixels = {}
+    for name, prep in preps.items():
+        if "mean" not in prep:
+            continue
+        if prep.get("branch") == "clip":
+            pixels["pixel_values_clip"] = processor.clip_tensor(case_dir / name)[None]
+        else:
+            pixels["pixel_values"] = processor.image_tensor(case_dir / name)[None]
+    return overrides, torch.tensor([case["input_ids"]]), pixels
+
+
+def child_quality(spec: dict) -> dict:
+    """int8 and bf16 against float32: greedy agreement and teacher-forced logit drift, on the same inputs."""
+    import torch
+
+    n = spec["tokens"]
+    from vary.modeling.official import CheckpointError
+
+    if spec.get("case"):
+        folder = Path(spec["case"]) / "checkpoint"
+        try:
+            overrides, input_ids, pixels = conformance_inputs(Path(spec["case"]))
+        except CheckpointError as err:  # a family this checkout cannot load yet
+            return {"skipped": str(err)}
+    else:
+        folder, overrides = spec["checkpoint"], {}
+        model = load_ours(folder, "fp32")
+        input_ids, image = page_inputs(model, hf=False)
+        pixels = {"pixel_values": image}
+        del model
+
+    def run(variant):
+        model = load_ours(folder, variant, **overrides)
+        dtype = model.dtype
+        inputs = {k: v.to(dtype) for k, v in pixels.items()}
+        with torch.inference_mode():
+            ids = model.generate(input_ids=input_ids, **inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)  # fmt: skip
+            teacher = reference_ids if reference_ids is not None else ids
+            logits = model(input_ids=teacher, **inputs, logits_to_keep=n + 1).logits[0, :-1].float()
+        return ids[0, input_ids.shape[1] :], logits
+
+    reference_ids = None
+    ref_new, ref_logits = run("fp32")
+    reference_ids = torch.cat([input_ids, ref_new[None]], dim=1)
+    results = {}
+    for variant in spec["variants"]:
+        new, logits = run(variant)
+        same = new == ref_new
+        drift = (logits - ref_logits).abs()
+        results[variant] = {
+            "tf_top1": (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item(),
+            "greedy_same": same.float().mean().item(),
+            "first_diff": int(same.long().cumprod(0).sum()),
+            "max_drift": drift.max().item(), "mean_drift": drift.mean().item(), "logit_std": ref_logits.std().item(),
+        }  # fmt: skip
+    return results
+
+
+# --- parent ----------------------------------------------------------------------------------------------------
+def run_child(spec: dict, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    spec = dict(spec, threads=threads)
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          env=env)  # fmt: skip
     if proc.returncode != 0:
-        sys.exit(f"{path} path failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["child_s"] = time.perf_counter() - started
-    return result
+        sys.exit(f"child {spec} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())  # fmt: skip
-    flags = Path("/proc/cpuinfo").read_text()
-    isa = "AVX-512" if " avx512f " in flags else "AVX2" if " avx2 " in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} cores, {isa}"
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor())  # fmt: skip
+    isa = "AVX-512" if " avx512f " in info else "AVX2" if " avx2 " in info else "no AVX2"
+    extra = [flag for flag in ("avx512_bf16", "amx_bf16", "avx512_vnni") if f" {flag}" in info]
+    return f"{model}, {os.cpu_count()} cores, {isa} ({', '.join(extra) or 'no bf16/VNNI'})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one timed vision forward per path (default 3)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed vision forwards per path")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="64 decode tokens, 256-token page, 64 quality tokens")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per page (default 128; quick 64)")
+    parser.add_argument("--page-tokens", type=int, default=None,
+                        help="tokens of the GOT int8 vs hf-fp32 page (default 1024; quick 256)")  # fmt: skip
+    parser.add_argument("--quality-tokens", type=int, default=None, help="default 200; quick 64")
+    parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--preset", default="vary-tiny")
-    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
-    parser.add_argument("--paths", default="plain,fast", help="comma-separated: plain, fast")
+    parser.add_argument("--conformance-dir", type=Path,
+                        default=Path(os.environ.get("VARY_CONFORMANCE_DIR", DEFAULT_CONFORMANCE)))  # fmt: skip
     args = parser.parse_args()
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.child:
+        spec = json.loads(args.child)
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        print(json.dumps({"save": child_save, "time": child_time, "quality": child_quality}[spec["kind"]](spec)))
+        return
+    quick = args.quick
+    new_tokens = args.new_tokens or (64 if quick else 128)
+    page_tokens = args.page_tokens or (256 if quick else 1024)
+    quality_tokens = args.quality_tokens or (64 if quick else 200)
+    models = [m for m in args.models.split(",") if m]
+    configs = [c for c in args.configs.split(",") if c]
+    if bad := [m for m in models if m not in MODELS] + [c for c in configs if c not in CONFIGS]:
+        parser.error(f"unknown model/config {bad}")
 
     import torch
 
-    print(f"machine: {machine()}; torch {torch.__version__}; {args.threads} threads; ISA limit: {args.isa}")
-    print(f"load average before: {os.getloadavg()[0]:.1f} (the machine may be shared; see CPU seconds)")
-    paths = args.paths.split(",")
-    results, outputs = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in paths:
-            print(f"running {path} path ({args.preset}, {args.new_tokens} new tokens, {args.repeats} vision repeats)...",
-                  flush=True)  # fmt: skip
-            results[path] = run_path(path, args, Path(tmp) / f"{path}.pt")
-            outputs[path] = torch.load(Path(tmp) / f"{path}.pt")
-    print(f"load average after: {os.getloadavg()[0]:.1f}\n")
+    from vary.modeling.quantize import cpu_has_native_bf16
 
-    rows = [
-        ("vision vocabulary forward, 1024x1024 (s)", "vision_s", "{:.2f}", "lower", "vision_s"),
-        ("  CPU seconds of that forward", "vision_cpu_s", "{:.2f}", "lower", None),
-        ("first token incl. vision + prefill (s)", "first_token_s", "{:.2f}", "lower", None),
-        (f"decode with KV cache, {args.new_tokens} new tokens (tok/s)", "decode_tok_s", "{:.1f}", "higher",
-         "decode_tok_s"),
-        ("  tokens/s from the median step time", "decode_median_tok_s", "{:.1f}", "higher", None),
-        ("  CPU ms per decoded token", "decode_cpu_ms_per_tok", "{:.1f}", "lower", None),
-        ("  floor: LM weights read once per token (tok/s)", "floor_tok_s", "{:.1f}", "higher", None),
-        ("whole page: encode + prefill + decode (s)", "page_s", "{:.1f}", "lower", None),
-        ("RSS after model build (GB)", "rss_model_gb", "{:.2f}", "lower", None),
-        ("peak RSS, whole page (GB)", "peak_rss_gb", "{:.2f}", "lower", "peak_rss_gb"),
-    ]  # fmt: skip
-    header = f"{'':<52}" + "".join(f"{p:>10}" for p in paths) + ("   speed-up" if len(paths) == 2 else "") + "  target"
-    print(header)
-    for label, key, fmt, better, target in rows:
-        line = f"{label:<52}" + "".join(f"{fmt.format(results[p][key]):>10}" for p in paths)
-        if len(paths) == 2:
-            a, b = (results[p][key] for p in paths)
-            ratio = (a / b) if better == "lower" else (b / a)
-            line += f"   {ratio:>7.2f}x"
-        if target:
-            sign = "<=" if better == "lower" else ">="
-            line += f"  {sign} {TARGETS[target]}"
-        print(line)
+    native_bf16 = cpu_has_native_bf16()
+    if not native_bf16 and any("bf16" in c for c in configs):
+        print("bf16 configurations skipped: this CPU has no native bf16 (AVX512_BF16/AMX), it would be emulated")
+        configs = [c for c in configs if "bf16" not in c]
+    print(f"machine: {machine()}; torch {torch.__version__}; {args.threads} threads")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (the machine may be shared)", flush=True)
+    started = time.perf_counter()
+    timings, quality = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench_model_") as tmp:
+        for model in models:
+            checkpoint = str(Path(tmp) / model)
+            print(f"{model}: saving a random-weight float32 checkpoint...", flush=True)
+            run_child({"kind": "save", "model": model, "checkpoint": checkpoint}, args.threads)
+            for config in configs:
+                if config == "hf-fp32" and model != "got-ocr2":
+                    continue
+                long_page = model == "got-ocr2" and config in ("int8", "int8-bf16vision", "hf-fp32")
+                tokens = page_tokens if long_page else new_tokens
+                print(f"{model} {config}: one page, {tokens} new tokens...", flush=True)
+                spec = dict(kind="time", model=model, config=config, checkpoint=checkpoint, new_tokens=tokens,
+                            decode_window=new_tokens)  # fmt: skip
+                timings[model, config] = run_child(spec, args.threads)
+            if not args.no_quality:
+                print(f"{model}: quality, {quality_tokens} tokens...", flush=True)
+                variants = [v for v in ("int8", "int8-bf16vision", "bf16") if "bf16" not in v or native_bf16]
+                spec = dict(kind="quality", checkpoint=checkpoint, tokens=quality_tokens, variants=variants)
+                quality[f"{model} (full size, random)"] = run_child(spec, args.threads)
+        if not args.no_quality:
+            cases = sorted(args.conformance_dir.glob("*/case.json"))
+            if not cases:
+                print(f"no conformance cases in {args.conformance_dir} (set VARY_CONFORMANCE_DIR)")
+            for case in cases:
+                print(f"conformance {case.parent.name}: quality...", flush=True)
+                variants = [v for v in ("int8", "int8-bf16vision", "bf16") if "bf16" not in v or native_bf16]
+                spec = dict(kind="quality", case=str(case.parent), tokens=quality_tokens, variants=variants)
+                quality[f"conformance {case.parent.name}"] = run_child(spec, args.threads)
+    print(f"load average after: {os.getloadavg()[0]:.2f}; {time.perf_counter() - started:.0f} s in all\n")
+    report(timings, quality, new_tokens)
 
-    if len(paths) == 2:
-        (pa, a), (pb, b) = outputs.items()
-        same_ids = torch.equal(a["ids"], b["ids"])
-        diff = (a["features"] - b["features"]).abs().max().item()
-        print(f"\ngreedy ids identical ({pa} vs {pb}, {results[pa]['new_tokens']} tokens): {same_ids}")
-        print(f"vision features max |{pa} - {pb}|: {diff:.2e} (features up to {a['features'].abs().max().item():.2f})")
-    for path in paths:
-        times = ", ".join(f"{t:.2f}" for t in results[path]["vision_all_s"])
-        print(f"{path}: vision forwards {times} s; child process {results[path]['child_s']:.0f} s")
+
+def report(timings: dict, quality: dict, new_tokens: int) -> None:
+    cols = [("load s", "load_s", "{:.1f}"), ("vision s", "vision_s", "{:.2f}"),
+            ("1st tok s", "first_token_s", "{:.2f}"), (f"tok/s@{new_tokens}", "decode_tok_s", "{:.1f}"),
+            ("CPU ms/tok", "decode_cpu_ms", "{:.1f}"),
+            ("tok/s all", "decode_all_tok_s", "{:.1f}"), ("tokens", "new_tokens", "{}"), ("page s", "page_s", "{:.1f}"),
+            ("RSS load GB", "rss_load_gb", "{:.2f}"), ("peak RSS GB", "peak_rss_gb", "{:.2f}")]  # fmt: skip
+    print(f"{'model':<10} {'config':<8}" + "".join(f"{c[0]:>13}" for c in cols))
+    for (model, config), r in timings.items():
+        print(f"{model:<10} {config:<8}" + "".join(f"{fmt.format(r[key]):>13}" for _, key, fmt in cols))
+    print(f"\ntargets: {TARGETS}")
+    t = timings
+    if ("vary-tiny", "int8") in t and ("vary-tiny", "fp32") in t:
+        ratio = t["vary-tiny", "int8"]["decode_tok_s"] / t["vary-tiny", "fp32"]["decode_tok_s"]
+        print(f"  vary-tiny int8 decode / fp32 decode: {ratio:.2f}x")
+    for best in ("int8", "int8-bf16vision"):
+        if ("got-ocr2", best) not in t:
+            continue
+        g = t["got-ocr2", best]
+        print(f"  got-ocr2 {best}: {g['decode_tok_s']:.1f} tok/s, peak RSS {g['peak_rss_gb']:.2f} GB")
+        for other in ("fp32", "hf-fp32"):
+            if ("got-ocr2", other) in t:
+                o = t["got-ocr2", other]
+                print(f"  got-ocr2 {best} decode vs {other}: {g['decode_tok_s'] / o['decode_tok_s']:.2f}x")
+        if ("got-ocr2", "hf-fp32") in t:
+            h = t["got-ocr2", "hf-fp32"]
+            print(f"  {g['new_tokens']}-token page, end to end: ours {best} {g['page_s']:.1f} s, transformers GOT fp32 "
+                  f"{h['page_s']:.1f} s ({h['page_s'] / g['page_s']:.2f}x)")  # fmt: skip
+    if quality:
+        print(f"\n{'quality vs float32':<36}{'variant':>16}{'tf top-1':>10}{'greedy same':>13}{'1st diff':>10}"
+              f"{'max|dlogit|':>13}{'mean|dlogit|':>14}{'logit std':>11}")  # fmt: skip
+        for source, variants in quality.items():
+            if "skipped" in variants:
+                print(f"{source:<36} skipped: {variants['skipped'][-110:]}")
+                continue
+            for variant, q in variants.items():
+                print(f"{source:<36}{variant:>16}{q['tf_top1']:>10.3f}{q['greedy_same']:>13.3f}{q['first_diff']:>10}"
+                      f"{q['max_drift']:>13.4f}{q['mean_drift']:>14.5f}{q['logit_std']:>11.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

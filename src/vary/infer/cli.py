@@ -14,7 +14,7 @@ import typer
 from vary.assets import bundled_model_dir
 from vary.cli_errors import fail
 from vary.infer.batch import ocr_documents
-from vary.infer.tasks import Color, Task
+from vary.infer.tasks import Color, Quantize, Task
 
 NO_MODEL_MESSAGE = (
     "no model folder: pass --model DIR. Any local Vary folder works: one written by `vary train`, an "
@@ -66,7 +66,8 @@ def ocr_command(
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     pages: str | None = typer.Option(None, "--pages", help="PDF pages, e.g. 1-3,7 or 5- (default: all)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16/fp16 on GPU)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (bf16 on CPUs with native bf16); default: float32 on CPU, bf16/fp16 on GPU"),
+    quantize: Quantize | None = typer.Option(None, "--quantize", help="int8: int8 decoder weights, faster CPU decoding; with --dtype auto the vision branch runs in bf16 where native (docs/cpu-speed.md)"),
     out: Path | None = typer.Option(None, "--out", help="write one .txt/.md/.json per page here instead of stdout"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="generation budget per page"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="pages generated together"),
@@ -103,7 +104,7 @@ def ocr_command(
         raise typer.Exit(1)
     page_failures: list = []
     try:
-        pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+        pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, quantize=quantize and quantize.value)
         start = time.perf_counter()
         records = ocr_documents(pipeline, documents, task.value, question, out, batch_size,
                                 errors=page_failures, max_new_tokens=max_new_tokens, **options)  # fmt: skip

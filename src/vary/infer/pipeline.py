@@ -45,6 +45,7 @@ from vary.infer.tasks import Task
 from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
+from vary.modeling.quantize import cpu_has_native_bf16, is_quantized
 from vary.modeling.vary import VaryForCausalLM
 from vary.prompts import ask_prompt, box_to_grid, get_prompt_style
 from vary.templates import get_template
@@ -122,12 +123,17 @@ def check_device(device: str) -> None:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """None/"auto": float32 on CPU (bf16 is emulated there, 15-30x slower), bfloat16 or float16 on a GPU."""
+    """None: float32 on CPU, bfloat16 or float16 on a GPU. "auto": the same, except bfloat16 on a CPU that
+    runs it natively (AVX512_BF16/AMX: ~2x less memory traffic per token); elsewhere bf16 is emulated and
+    15-30x slower, so float32. None stays float32 on every CPU: bf16 changes some greedy tokens (docs/cpu-speed.md).
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
         if torch.device(device).type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if dtype == "auto" and torch.device(device).type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
         return torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or auto")
@@ -161,20 +167,30 @@ class Pipeline:
         path: str | Path | None = None,
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
+        quantize: str | None = None,
         crop: bool = False,
         max_tiles: int = DEFAULT_MAX_TILES,
         **settings,
     ) -> Pipeline:
         """Load a model: a local folder (ours or official), a hub id `org/name[@revision]` or a known name
-        (`vary models`); None: the bundled model. `settings` are GenerationSettings."""
+        (`vary models`); None: the bundled model. `settings` are GenerationSettings.
+
+        `quantize="int8"` (CPU only): int8 decoder weights, faster decoding (docs/cpu-speed.md); `dtype` then
+        sets the vision branches' dtype ("auto": bfloat16 where the CPU runs it natively).
+        """
         if path is None:
             path = bundled_model_dir()
             if path is None:
                 raise FileNotFoundError(
                     "no model folder given and this install has no bundled model (vary/assets/model)"
                 )
-        check_device(device)
-        model, processor = load(path, dtype=resolve_dtype(dtype, device))
+        if quantize is not None:
+            if torch.device(device).type != "cpu":
+                raise ValueError(f"--quantize {quantize} is for CPU inference; on {device} use --dtype instead")
+            if resolve_dtype(dtype, device) not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"--quantize {quantize} runs the vision branches in float32 or bfloat16, not {dtype}")
+        check_device(device)  # after the option checks: a --quantize on cuda is refused as such, GPU or not
+        model, processor = load(path, dtype=resolve_dtype(dtype, device), quantize=quantize)
         # The fast CPU path gives the plain path's outputs (tests/test_fast_path.py) in less time and memory;
         # it only acts on CPU tensors in eval mode, so GPUs keep transformers' kernels.
         model.enable_fast_cpu_path(device == "cpu")
@@ -193,7 +209,8 @@ class Pipeline:
     def info(self) -> dict:
         return {"model": self.name, "template": self.template.name, "prompt_style": self.prompt_style.name,
                 "image_size": self.image_size, "device": str(self.device),
-                "dtype": str(self.model.dtype).removeprefix("torch.")}  # fmt: skip
+                "dtype": str(self.model.dtype).removeprefix("torch."),
+                "quantized": "int8" if is_quantized(self.model) else None}  # fmt: skip
 
     # --- prompts ----------------------------------------------------------------------------------------
     def instruction(

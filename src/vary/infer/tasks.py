@@ -20,4 +20,11 @@ class Task(StrEnum):
 # GOT-OCR2's fine-grained colour prompts, as a CLI/API choice.
 Color = StrEnum("Color", {name: name for name in GOT_COLORS})
 
+
+class Quantize(StrEnum):
+    """--quantize choices (vary.modeling.quantize.QUANTIZE_CHOICES)."""
+
+    int8 = "int8"  # int8 decoder weights: fewer bytes per token on a memory-bound CPU decode
+
+
 EXTENSIONS = {Task.ocr: ".txt", Task.markdown: ".md", Task.chart: ".json", Task.ask: ".txt"}  # one file per page

@@ -28,19 +28,28 @@ def locate(spec: str | Path, overrides: dict[str, Any]) -> tuple[Path, dict[str,
 
 
 def load_model(
-    path: str | Path, dtype: torch.dtype = torch.float32, allow_missing: bool = False, **overrides: Any
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    allow_missing: bool = False,
+    quantize: str | None = None,
+    **overrides: Any,
 ) -> VaryForCausalLM:
     """Load a model folder, hub id or known name; official checkpoints are converted on the fly (`overrides` set
     their preprocessing).
 
     Every weight of the model must be in the checkpoint: a missing tensor would silently stay at random
     values (transformers only logs it). `allow_missing=True` is the opt-out for a deliberate partial load
-    (official formats are always strict).
+    (official formats are always strict). `quantize="int8"`: int8 decoder weights for CPU decoding (see
+    vary.modeling.quantize); `dtype` (float32 or bfloat16) is then the vision branches' dtype.
     """
     path, overrides = locate(path, overrides)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
     config = read_config(path)
+    if quantize is not None:
+        from vary.modeling.quantize import load_quantized
+
+        return load_quantized(path, quantize, vision_dtype=dtype, **overrides)
     if official_family(config) is not None:
         return load_official(path, dtype=dtype, **overrides)
     if is_hf_got(config):
@@ -63,11 +72,12 @@ def load_model(
 
 
 def load(
-    path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any
+    path: str | Path, dtype: torch.dtype = torch.float32, quantize: str | None = None, **overrides: Any
 ) -> tuple[VaryForCausalLM, VaryProcessor]:
-    """Model + processor (tokenizer included) from a local folder, a hub id or a known name."""
+    """Model + processor (tokenizer included) from a local folder, a hub id or a known name; `quantize`: see
+    load_model."""
     path, overrides = locate(path, overrides)
-    model = load_model(path, dtype=dtype, **overrides)
+    model = load_model(path, dtype=dtype, quantize=quantize, **overrides)
     c = model.config
     ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}
     tokenizer = load_tokenizer(path, image_token_ids=ids)

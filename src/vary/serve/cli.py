@@ -6,6 +6,7 @@ import typer
 
 from vary.cli_errors import fail
 from vary.infer.cli import MODEL_HELP, quiet_loading, resolve_model
+from vary.infer.tasks import Quantize
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -15,7 +16,8 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, "--port"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16/fp16 on GPU)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (bf16 on CPUs with native bf16); default: float32 on CPU, bf16/fp16 on GPU"),
+    quantize: Quantize | None = typer.Option(None, "--quantize", help="int8: int8 decoder weights, faster CPU decoding; with --dtype auto the vision branch runs in bf16 where native (docs/cpu-speed.md)"),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="larger uploads get 413"),
     queue_size: int = typer.Option(4, "--queue-size", min=1, help="requests in flight or waiting; more get 503"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="default generation budget per page"),
@@ -36,7 +38,9 @@ def serve_command(
     model_dir = resolve_model(model)  # before quiet_loading(): a download keeps its progress bar
     quiet_loading()
     try:
-        pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
+        pipeline = Pipeline.from_pretrained(
+            model_dir, device=device, dtype=dtype, quantize=quantize and quantize.value, max_new_tokens=max_new_tokens
+        )
     except (CheckpointError, TokenizerError, ValueError) as err:
         fail(err, 1)
     pipeline.name = served_model_name or pipeline.name  # what /v1/models lists and OpenAI clients send as `model`

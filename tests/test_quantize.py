@@ -1,0 +1,208 @@
+"""int8 decoder weights (vary.modeling.quantize) and run-time bf16 detection, on small random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from test_infer_documents import make_png
+from vary.cli import app
+from vary.config import preset
+from vary.infer import pipeline as pipeline_module
+from vary.infer.pipeline import Pipeline, resolve_dtype
+from vary.modeling.loading import load_model
+from vary.modeling.quantize import (
+    QuantizedEmbedding,
+    cpu_flags,
+    cpu_has_native_bf16,
+    decoder_layers,
+    load_quantized,
+    quantize_model_,
+    quantize_rows,
+)
+from vary.modeling.vary import VaryForCausalLM
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+AMX = "processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+
+
+def got_like_config(tied: bool = True):
+    """A GOT-OCR2 shape (Qwen2 decoder, tied or not) at toy size, wide enough for int8 to be meaningful."""
+    return preset(
+        "got-ocr2",
+        vision_config=dict(image_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           window_size=8, global_attn_indexes=[1], output_channels=32),
+        downsample_channels=[32, 64],
+        image_token_len=16,
+        text_config=dict(hidden_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=512, vocab_size=1024, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                         tie_word_embeddings=tied),
+        image_start_token_id=1021, image_end_token_id=1022, image_patch_token_id=1023,
+    )  # fmt: skip
+
+
+def saved_model(folder, config, seed=0):
+    torch.manual_seed(seed)
+    model = VaryForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+# --- bf16 detection ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cpuinfo, native", [(AVX2_ONLY, False), (AVX512_BF16, True), (AMX, True), (ARM_BF16, True), ("", False)]
+)
+def test_native_bf16_detection_from_cpu_flags(cpuinfo, native):
+    assert cpu_has_native_bf16(cpu_flags(cpuinfo)) is native
+
+
+def test_auto_dtype_is_bf16_only_where_native(monkeypatch):
+    monkeypatch.setattr(pipeline_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") is torch.bfloat16
+    assert resolve_dtype(None, "cpu") is torch.float32  # the default never changes a CPU's outputs
+    monkeypatch.setattr(pipeline_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", "cpu") is torch.float32
+
+
+# --- int8 --------------------------------------------------------------------------------------------------
+def test_quantize_rows_round_trip():
+    weight = torch.randn(64, 32) * torch.logspace(-3, 1, 64)[:, None]  # rows of very different scales
+    q, scale = quantize_rows(weight)
+    assert q.dtype is torch.int8 and int(q.abs().max()) == 127
+    error = (q.float() * scale[:, None] - weight).abs()
+    assert bool((error <= scale[:, None] / 2 + 1e-7).all())  # at most half a step per row
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lean_load_quantizes_every_decoder_linear(tmp_path, tied):
+    saved_model(tmp_path, got_like_config(tied))
+    model = load_model(tmp_path, quantize="int8")
+    _, layers = decoder_layers(model)
+    assert not any(type(m) is nn.Linear for m in layers.modules())  # every Linear swapped
+    assert isinstance(model.get_input_embeddings(), QuantizedEmbedding)
+    assert isinstance(model.get_output_embeddings(), DynamicLinear)
+    assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 7 * len(layers)  # q k v o gate up down
+    assert not any(p.is_meta for p in [*model.parameters(), *model.buffers()])
+    assert type(model.projector_vary) is nn.Linear  # vision side stays float32
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lean_load_equals_quantizing_the_loaded_float_model(tmp_path, tied):
+    """Layer-by-layer loading gives exactly the model that quantizing the whole float model in place gives."""
+    saved_model(tmp_path, got_like_config(tied))
+    lean = load_model(tmp_path, quantize="int8")
+    in_place = quantize_model_(load_model(tmp_path))
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(lean(ids).logits, in_place(ids).logits)
+
+
+@pytest.mark.parametrize("config", [got_like_config(), tiny_config(vocab_size=1024)], ids=["qwen2", "opt"])
+def test_int8_tracks_float32_logits_and_greedy_tokens(tmp_path, config):
+    """Logit drift stays small next to the logits, and int8 picks fp32's greedy token wherever fp32's margin
+    (top-1 minus top-2) exceeds twice the drift. A wrong scale, layout or lost bias breaks both."""
+    reference = saved_model(tmp_path, config, seed=1)
+    quantized = load_quantized(tmp_path)
+    prompt = torch.randint(3, 1000, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        sequence = reference.generate(input_ids=prompt, max_new_tokens=32, do_sample=False, eos_token_id=None,
+                                      pad_token_id=0)  # fmt: skip
+        expected = reference(sequence).logits[0]
+        actual = quantized(sequence).logits[0]  # teacher-forced on fp32's tokens: every position compared
+    drift = (actual - expected).abs()
+    spread = expected.std()
+    assert drift.max() < 0.25 * spread and drift.mean() < 0.05 * spread, (drift.max(), drift.mean(), spread)
+    top2 = expected.topk(2, dim=-1).values
+    confident = (top2[:, 0] - top2[:, 1]) > 2 * drift.max(dim=-1).values
+    assert confident.sum() >= 4  # the check below has something to check
+    assert torch.equal(actual.argmax(-1)[confident], expected.argmax(-1)[confident])
+    agreement = (actual.argmax(-1) == expected.argmax(-1)).float().mean()
+    assert agreement >= 0.8, agreement
+
+
+def test_quantize_refuses_bad_combinations(tmp_path):
+    saved_model(tmp_path, got_like_config())
+    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
+        load_model(tmp_path, quantize="int4")
+    with pytest.raises(ValueError, match="float32 or bfloat16, not torch.float16"):
+        load_model(tmp_path, dtype=torch.float16, quantize="int8")
+
+
+def test_pipeline_and_cli_run_int8(tiny_model_dir, tmp_path):
+    pipe = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", max_new_tokens=8)
+    assert pipe.info()["quantized"] == "int8"
+    assert pipe.ocr(make_png()).num_tokens > 0
+    with pytest.raises(ValueError, match="float32 or bfloat16, not fp16"):
+        Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="fp16")
+    with pytest.raises(ValueError, match="for CPU inference"):
+        Pipeline.from_pretrained(tiny_model_dir, quantize="int8", device="cuda")
+
+    (tmp_path / "page.png").write_bytes(make_png())
+    runner = CliRunner()
+    common = ["ocr", str(tmp_path / "page.png"), "--model", str(tiny_model_dir), "--max-new-tokens", "8"]
+    result = runner.invoke(app, [*common, "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*common, "--quantize", "int4"])
+    assert result.exit_code == 2 and "int4" in result.output
+    result = runner.invoke(app, [*common, "--quantize", "int8", "--dtype", "fp16"])
+    assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_int8_decoder_with_bf16_vision(tiny_model_dir):
+    """--quantize int8 --dtype bf16: vision branch and projector in bf16, decoder int8 with float32 activations."""
+    pipe = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="bf16", max_new_tokens=8)
+    model = pipe.model
+    assert model.vision_vocab.encoder.patch_embed.projection.weight.dtype is torch.bfloat16
+    assert model.projector_vary.weight.dtype is torch.bfloat16
+    assert model.language_model.model.decoder.final_layer_norm.weight.dtype is torch.float32
+    float_vision = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", max_new_tokens=8).model
+    batch = pipe.processor([make_png()], "")
+    with torch.inference_mode():
+        bf16_logits = model(**batch).logits
+        fp32_logits = float_vision(**batch).logits
+    assert bf16_logits.dtype is torch.float32
+    assert 0 < (bf16_logits - fp32_logits).abs().max() < 0.25 * fp32_logits.std()  # bf16 vision, same decoder
+    assert pipe.ocr(make_png()).num_tokens > 0
+
+
+def test_serve_quantize_int8(tiny_model_dir, monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda asgi, **kwargs: calls.append(asgi))
+    result = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert calls[0].state.pipeline.info()["quantized"] == "int8"
+
+
+@pytest.mark.parametrize("layout", ["official", "transformers"])
+def test_int8_loads_both_released_got_formats(tmp_path, layout):
+    """`quantize="int8"` reads GOT-OCR2 as released (official remote-code layout, or transformers' GotOcr2):
+    every decoder Linear int8, and the logits track the float32 load of the same folder."""
+    from test_got import _image_inputs, tiny_hf_got, write_official_got
+    from vary.modeling.quantize import is_quantized
+
+    folder = tmp_path / layout
+    if layout == "official":
+        write_official_got(folder, seed=4)
+        image_token = 151859
+    else:
+        tiny_hf_got(seed=4).save_pretrained(folder)
+        image_token = 299
+    reference, quantized = load_model(folder), load_model(folder, quantize="int8")
+    assert is_quantized(quantized) and not is_quantized(reference)
+    linears = [m for m in quantized.language_model.model.layers.modules() if isinstance(m, nn.Linear)]
+    assert not linears, "a decoder Linear stayed float"
+    inputs = _image_inputs(image_token, side=quantized.config.image_size, tokens=quantized.config.image_token_len)
+    with torch.inference_mode():
+        expected, actual = reference(**inputs).logits[0], quantized(**inputs).logits[0]
+    drift = (actual - expected).abs()
+    assert drift.max() < 0.25 * expected.std(), (drift.max(), expected.std())
