@@ -320,9 +320,9 @@ def report(timings: dict, quality: dict, new_tokens: int) -> None:
             ("CPU ms/tok", "decode_cpu_ms", "{:.1f}"),
             ("tok/s all", "decode_all_tok_s", "{:.1f}"), ("tokens", "new_tokens", "{}"), ("page s", "page_s", "{:.1f}"),
             ("RSS load GB", "rss_load_gb", "{:.2f}"), ("peak RSS GB", "peak_rss_gb", "{:.2f}")]  # fmt: skip
-    print(f"{'model':<10} {'config':<8}" + "".join(f"{c[0]:>13}" for c in cols))
+    print(f"{'model':<10} {'config':<16}" + "".join(f"{c[0]:>13}" for c in cols))
     for (model, config), r in timings.items():
-        print(f"{model:<10} {config:<8}" + "".join(f"{fmt.format(r[key]):>13}" for _, key, fmt in cols))
+        print(f"{model:<10} {config:<16}" + "".join(f"{fmt.format(r[key]):>13}" for _, key, fmt in cols))
     print(f"\ntargets: {TARGETS}")
     t = timings
     if ("vary-tiny", "int8") in t and ("vary-tiny", "fp32") in t:
