@@ -50,6 +50,7 @@ def test_without_a_declared_language_the_more_confident_reading_wins():
     assert "视觉词表" in zh and "quick brown fox" in en
 
 
+@pytest.mark.slow  # Tesseract runs: ~5 s on 2 cores
 def test_declared_language_is_not_second_guessed(zh_blocks):
     records = list(load_dataset(zh_blocks, limit=1))
     run = evaluate(records, [TesseractPredictor()], progress=False)

@@ -82,23 +82,18 @@ def test_quantize_rows_round_trip():
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_lean_load_quantizes_every_decoder_linear(tmp_path, tied):
-    saved_model(tmp_path, got_like_config(tied))
-    model = load_model(tmp_path, quantize="int8")
-    _, layers = decoder_layers(model)
-    assert not any(type(m) is nn.Linear for m in layers.modules())  # every Linear swapped
-    assert isinstance(model.get_input_embeddings(), QuantizedEmbedding)
-    assert isinstance(model.get_output_embeddings(), DynamicLinear)
-    assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 7 * len(layers)  # q k v o gate up down
-    assert not any(p.is_meta for p in [*model.parameters(), *model.buffers()])
-    assert type(model.projector_vary) is nn.Linear  # vision side stays float32
-
-
-@pytest.mark.parametrize("tied", [True, False])
-def test_lean_load_equals_quantizing_the_loaded_float_model(tmp_path, tied):
-    """Layer-by-layer loading gives exactly the model that quantizing the whole float model in place gives."""
+def test_lean_load_quantizes_every_decoder_linear_like_quantizing_the_float_model(tmp_path, tied):
+    """Layer-by-layer loading swaps every decoder Linear and the embeddings, and gives exactly the model that
+    quantizing the whole float model in place gives."""
     saved_model(tmp_path, got_like_config(tied))
     lean = load_model(tmp_path, quantize="int8")
+    _, layers = decoder_layers(lean)
+    assert not any(type(m) is nn.Linear for m in layers.modules())  # every Linear swapped
+    assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
+    assert isinstance(lean.get_output_embeddings(), DynamicLinear)
+    assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 7 * len(layers)  # q k v o gate up down
+    assert not any(p.is_meta for p in [*lean.parameters(), *lean.buffers()])
+    assert type(lean.projector_vary) is nn.Linear  # vision side stays float32
     in_place = quantize_model_(load_model(tmp_path))
     ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
