@@ -8,11 +8,13 @@ import random
 import pytest
 
 from vary.data import prose
-from vary.data.fonts import HELDOUT_FONTS, FontNotFoundError, find_fonts
+from vary.data.fonts import HELDOUT_FONTS, FontNotFoundError, find_fonts, font_covers
 from vary.data.prose import ProseCorpus, ProseNotInstalledError, clean, load_passages, partition
 from vary.data.sources.blocks import BlocksSource
 
-EN_FORTUNES = [f"Fortune number {i} says that the quick brown fox jumps over\n\tthe lazy dog {i} times." for i in range(60)]
+EN_FORTUNES = [
+    f"Fortune number {i} says that the quick brown fox jumps over\n\tthe lazy dog {i} times." for i in range(60)
+]
 ZH_FORTUNES = [f"\x1b[32m《诗{i}》\x1b[m\n床前明月光，疑是地上霜。\n举头望明月，低头思故乡{i}。" for i in range(60)]
 
 
@@ -51,7 +53,9 @@ def test_partition_is_stable_and_splits_passages(packages):
     assert all(partition(p) == "heldout" for p in heldout)
     everything = set(train) | set(heldout)
     assert {clean(f, "en") for f in EN_FORTUNES} <= everything  # no passage lost
-    assert "The os module provides a portable way of using operating system dependent functionality & more." in everything
+    assert (
+        "The os module provides a portable way of using operating system dependent functionality & more." in everything
+    )
     assert not any("cat drawn" in p or "Navigation" in p or "import os" in p or "binary" in p for p in everything)
     zh = load_passages("zh", "train", *packages) + load_passages("zh", "heldout", *packages)
     assert len(zh) == 60 and all(p.startswith("《诗") and "\x1b" not in p for p in zh)
@@ -111,3 +115,16 @@ def test_blocks_from_prose_use_the_split_text_and_fonts(packages):
         BlocksSource(count=1, lang="en", text="novels")
     with pytest.raises(ValueError, match="excludes"):
         BlocksSource(count=1, lang="zh", text="prose", zh_chars=1000)
+
+
+def test_blocks_skip_prose_a_face_cannot_draw(packages):
+    fortunes, _ = packages
+    dejavu = find_fonts("en", "regular")[0]
+    assert font_covers(dejavu, "Hello, world") and not font_covers(dejavu, "Hello 床")
+    # half the English fortunes now hold a character no English face has
+    undrawable = [f"{text} 床前明月光" if i % 2 else text for i, text in enumerate(EN_FORTUNES)]
+    (fortunes / "wisdom").write_text("\n%\n".join(undrawable), encoding="utf-8")
+    load_passages.cache_clear()
+    source = BlocksSource(count=20, lang="en", size=256, lines="3-6", text="prose", split="train")
+    targets = [source.make(i, random.Random(i)).target for i in range(20)]
+    assert all(t.strip() and "床" not in t for t in targets)

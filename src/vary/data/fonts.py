@@ -115,6 +115,22 @@ def _collection_index(path: Path) -> int:
     return 0
 
 
+@functools.cache
+def _codepoints(path: Path) -> frozenset[int]:
+    """Every code point the face used by load_font() maps to a glyph (its cmap)."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(str(path), fontNumber=_collection_index(Path(path)), lazy=True) as face:
+        return frozenset(face.getBestCmap())
+
+
+def font_covers(path: Path, text: str) -> bool:
+    """Whether the face at `path` has a glyph for every non-space character of `text`. A GB2312 face lacks
+    traditional and rare characters, which Pillow draws as nothing: a target would then name ink that is not there."""
+    cmap = _codepoints(Path(path))
+    return all(ord(ch) in cmap for ch in text if not ch.isspace())
+
+
 @functools.lru_cache(maxsize=512)
 def load_font(path: Path, size: int) -> ImageFont.FreeTypeFont:
     """A Pillow FreeType font at `size` pixels (cached: loading a CJK collection takes ~10 ms).

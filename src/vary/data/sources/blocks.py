@@ -34,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vary.data.fonts import FONT_SPLITS, draw_text, find_fonts, load_font, text_width
+from vary.data.fonts import FONT_SPLITS, draw_text, find_fonts, font_covers, load_font, text_width
 from vary.data.prose import ProseCorpus
 from vary.data.sample import Sample
 from vary.data.sources import option_flag
@@ -128,7 +128,7 @@ class BlocksSource:
         wrap = wrap_chars if self.lang == "zh" else wrap_words
         lines: list[str] = []
         if self.chars is not None:  # a few characters cut from running text, kept to what fits one line
-            text = self.corpus.paragraph(rng, 1)
+            text = self._paragraph(font_path, 1, rng)
             start = rng.randrange(len(text))
             lines = [wrap(font, text[start : start + rng.randint(*self.chars)].strip() or text[0], width)[0]]
             n_lines = 1
@@ -136,7 +136,7 @@ class BlocksSource:
             font, line = self._fitted_words(font_path, px, width, rng)
             px, lines, n_lines = font.size, [line], 1
         while len(lines) < n_lines:  # a paragraph may wrap to fewer lines than asked: add another
-            lines += wrap(font, self.corpus.paragraph(rng, rng.randint(1, 3)), width)
+            lines += wrap(font, self._paragraph(font_path, rng.randint(1, 3), rng), width)
         lines = lines[:n_lines]
         if self.anywhere:
             left, top = self._anywhere(font, lines, pitch, rng)
@@ -153,6 +153,15 @@ class BlocksSource:
             key="", image=image, target="\n".join(lines), task="ocr", lang=self.lang, kind=self.name, meta=meta
         )
 
+    def _paragraph(self, font_path: Path, n_sentences: int, rng: random.Random) -> str:
+        """A paragraph of the corpus that the face can draw. Real prose holds characters some faces lack (a GB2312
+        face has no traditional characters); the generator's text is drawn from characters all of them have."""
+        for _ in range(200):
+            paragraph = self.corpus.paragraph(rng, n_sentences)
+            if self.text != "prose" or font_covers(font_path, paragraph):
+                return paragraph
+        raise ValueError(f"blocks: {font_path.name} lacks characters of 200 paragraphs in a row; choose other fonts")
+
     def _anywhere(self, font, lines: list[str], pitch: float, rng: random.Random) -> tuple[float, float]:
         """(left, top) drawn uniformly over the places where the block stays 2% inside every edge."""
         ascent, descent = font.getmetrics()
@@ -166,7 +175,7 @@ class BlocksSource:
 
         Big type fits few letters, so runs are tried at several places in the text first (the first that fits
         wins), and the type shrinks only when none fits."""
-        text, n = self.corpus.paragraph(rng, 3).split(), rng.randint(*self.words)
+        text, n = self._paragraph(font_path, 3, rng).split(), rng.randint(*self.words)
         font = load_font(font_path, px)
         runs = [text[s : s + n] for s in (rng.randrange(max(1, len(text) - n + 1)) for _ in range(20))]
         fitting = [run for run in runs if text_width(font, " ".join(run)) <= width]
