@@ -28,7 +28,7 @@ def main(run: Path) -> None:
         cells = []
         for s in sets:
             own, other = e[f"{s}/loss"], e[f"{s}/loss_other_images"]
-            cells += [f"{own:.3f}", f"{other:.3f}", f"**{other - own:.3f}**"]
+            cells += [f"{own:.3f}", f"{other:.3f}", f"**{other - own:+.4f}**"]
         print(f"| {e['step']} | {seconds.get(e['step'], 0) / 60:.1f} | " + " | ".join(cells) + " |")
 
 
