@@ -8,11 +8,13 @@ DEV=0; [[ "${1:-}" == "--dev" ]] && DEV=1
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
 # System packages: fonts for the page renderer, Tesseract (baseline OCR), TeX for the LaTeX generator,
-# poppler, WordNet for METEOR, chromium for the browser test.
+# poppler, WordNet for METEOR, real prose and a held-out Chinese face (vary.data.prose, fonts.HELDOUT_FONTS),
+# chromium for the browser test.
 APT_PKGS=(fonts-noto-cjk fonts-dejavu-core fonts-liberation poppler-utils
           tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim
           texlive-latex-base texlive-latex-recommended texlive-xetex texlive-lang-chinese
-          wordnet-base wordnet-sense-index)
+          wordnet-base wordnet-sense-index
+          fortunes fortunes-zh python3-doc fonts-arphic-gbsn00lp)
 [[ $DEV -eq 1 ]] && APT_PKGS+=(chromium)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -221,3 +221,35 @@ def test_from_scratch_position_codes_are_sincos_and_loading_replaces_them(tmp_pa
         pos.zero_()
     model.save_pretrained(tmp_path)
     assert VaryForCausalLM.from_pretrained(tmp_path).vision_vocab.encoder.pos_embed.abs().max() == 0
+
+
+def one_conv_config(image_token_len: int, downsample_channels=(64,)) -> VaryConfig:
+    """tiny_config's shape with net_2 only."""
+    return preset(
+        "nano",
+        vision_config=dict(image_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           window_size=8, global_attn_indexes=[1], output_channels=32),
+        downsample_channels=list(downsample_channels), image_token_len=image_token_len, projector_norm=True,
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, ffn_dim=128,
+                         word_embed_proj_dim=64, vocab_size=512, max_position_embeddings=512),
+    )  # fmt: skip
+
+
+def test_one_downsample_conv_gives_four_times_the_image_tokens_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    config = one_conv_config(image_token_len=(256 // 32) ** 2)
+    model = VaryForCausalLM(config).eval()
+    assert not any(k.startswith("vision_vocab.net_3") for k in model.state_dict())
+    with torch.no_grad():
+        features = model.encode_images(torch.randn(2, 3, 256, 256))
+    assert features.shape == (2, 64, 64)  # 8 x 8 tokens where two convs give 4 x 4
+    model.save_pretrained(tmp_path)
+    again = VaryForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(
+            again.encode_images(torch.ones(1, 3, 256, 256)), model.encode_images(torch.ones(1, 3, 256, 256))
+        )
+    with pytest.raises(ValueError, match="8x8=64 tokens"):
+        one_conv_config(image_token_len=16)  # the token count of two convs
+    with pytest.raises(ValueError, match="one or two entries"):
+        one_conv_config(image_token_len=4, downsample_channels=[16, 32, 64])

@@ -39,7 +39,8 @@ class VaryConfig(PreTrainedConfig):
     vision_config: dict | PreTrainedConfig | None = None
     clip_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    # net_2 / net_3: 3x3 stride-2 convs after the SAM neck, no bias.
+    # net_2 / net_3: 3x3 stride-2 convs after the SAM neck, no bias. One entry: net_2 only, 4x the image tokens
+    # (more tokens per character for a small model that must read dense text: reports/training/prose-reader).
     downsample_channels: list[int] | tuple[int, ...] = (512, 1024)
     vision_select_layer: int = -2
     # Token ids of <img>, </img>, <imgpad> in the tokenizer; image_token_len <imgpad> per image.
@@ -94,11 +95,14 @@ class VaryConfig(PreTrainedConfig):
         return hidden if self.clip_config is None else hidden // 2
 
     def validate_shapes(self) -> None:
-        grid = self.image_size // int(self.vision_config.patch_size) // 4  # two stride-2 convs
+        convs = len(self.downsample_channels)
+        if convs not in (1, 2):
+            raise ValueError(f"downsample_channels needs one or two entries (stride-2 convs), got {convs}")
+        grid = self.image_size // int(self.vision_config.patch_size) // 2**convs
         if grid * grid != self.image_token_len:
             raise ValueError(
                 f"image_token_len={self.image_token_len} but a {self.image_size}px image gives {grid}x{grid}"
-                f"={grid * grid} tokens (patch {self.vision_config.patch_size}, two stride-2 convs)"
+                f"={grid * grid} tokens (patch {self.vision_config.patch_size}, {convs} stride-2 conv(s))"
             )
         if self.clip_config is not None:
             clip_grid = int(self.clip_config.image_size) // int(self.clip_config.patch_size)

@@ -20,6 +20,12 @@ FAMILIES = {
     "en": ("DejaVuSans", "DejaVuSerif", "LiberationSans", "LiberationSerif", "LiberationMono"),
     "zh": ("NotoSansCJK", "NotoSerifCJK"),
 }
+# Faces reserved for held-out sets: find_fonts(split="train") never returns them and split="heldout" returns
+# only them, so a held-out score measures reading in a face the model never saw. The Chinese one is outside
+# FAMILIES: AR PL SungtiL GB, a Song face from fonts-arphic-gbsn00lp.
+HELDOUT_FONTS = {"en": ("LiberationSerif", "DejaVuSansCondensed"), "zh": ("gbsn00lp",)}
+_HELDOUT_APT = {"en": "fonts-liberation fonts-dejavu-core", "zh": "fonts-arphic-gbsn00lp"}
+FONT_SPLITS = ("train", "heldout")
 # Faces too thin or too incomplete for body text.
 _EXCLUDE = ("ExtraLight", "MathTeXGyre")
 
@@ -47,13 +53,19 @@ def _installed() -> tuple[Path, ...]:
     return tuple(sorted(files, key=lambda p: (p.name, str(p))))
 
 
-def find_fonts(lang: str, style: str | None = None) -> list[Path]:
+def find_fonts(lang: str, style: str | None = None, split: str | None = None) -> list[Path]:
     """Installed font files for `lang` ("en" or "zh"), sorted by file name; `style` filters them.
 
     style: None (all faces) or "-"-joined tokens from regular, bold, italic, serif, sans, mono.
+    split: None (FAMILIES, held-out faces included), "train" (FAMILIES less HELDOUT_FONTS) or "heldout"
+    (HELDOUT_FONTS only).
     """
     if lang not in FAMILIES:
         raise ValueError(f"find_fonts: lang must be one of {sorted(FAMILIES)}, got {lang!r}")
+    if split not in (None, *FONT_SPLITS):
+        raise ValueError(f"find_fonts: split must be one of {FONT_SPLITS} or None, got {split!r}")
+    heldout = HELDOUT_FONTS[lang]
+    families = heldout if split == "heldout" else FAMILIES[lang]
     tokens = [t for t in (style or "").lower().split("-") if t]
     unknown = [t for t in tokens if t not in _STYLES]
     if unknown:
@@ -61,14 +73,21 @@ def find_fonts(lang: str, style: str | None = None) -> list[Path]:
     fonts = []
     for path in _installed():
         stem = path.stem
-        if not stem.startswith(FAMILIES[lang]) or any(x in stem for x in _EXCLUDE):
+        if not stem.startswith(families) or any(x in stem for x in _EXCLUDE):
+            continue
+        if split == "train" and stem.startswith(heldout):
             continue
         if all(_STYLES[t](stem) for t in tokens):
             fonts.append(path)
+    if not fonts and split == "heldout":
+        raise FontNotFoundError(
+            f"no held-out {lang!r} fonts{f' of style {style!r}' if style else ''} found (looked for "
+            f"{', '.join(heldout)}); install them with `apt-get install --no-install-recommends {_HELDOUT_APT[lang]}`"
+        )
     if not fonts:
         raise FontNotFoundError(
             f"no {lang!r} fonts{f' of style {style!r}' if style else ''} found under "
-            f"{', '.join(str(r) for r in FONT_ROOTS)} (looked for {', '.join(FAMILIES[lang])}). "
+            f"{', '.join(str(r) for r in FONT_ROOTS)} (looked for {', '.join(families)}). "
             "Run `bash scripts/setup.sh` to install fonts-dejavu-core, fonts-liberation and fonts-noto-cjk."
         )
     return fonts
@@ -94,6 +113,22 @@ def _collection_index(path: Path) -> int:
         if family.endswith(" SC"):
             return index
     return 0
+
+
+@functools.cache
+def _codepoints(path: Path) -> frozenset[int]:
+    """Every code point the face used by load_font() maps to a glyph (its cmap)."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(str(path), fontNumber=_collection_index(Path(path)), lazy=True) as face:
+        return frozenset(face.getBestCmap())
+
+
+def font_covers(path: Path, text: str) -> bool:
+    """Whether the face at `path` has a glyph for every non-space character of `text`. A GB2312 face lacks
+    traditional and rare characters, which Pillow draws as nothing: a target would then name ink that is not there."""
+    cmap = _codepoints(Path(path))
+    return all(ord(ch) in cmap for ch in text if not ch.isspace())
 
 
 @functools.lru_cache(maxsize=512)

@@ -32,12 +32,13 @@ def trainable(module: nn.Module) -> bool:
 
 
 class VisionVocabulary(nn.Module):
-    def __init__(self, config: SamVisionConfig, downsample_channels: tuple[int, int] | list[int]):
+    def __init__(self, config: SamVisionConfig, downsample_channels: tuple[int, ...] | list[int]):
         super().__init__()
         self.encoder = SamVisionEncoder(config)
-        c1, c2 = downsample_channels
+        c1, *rest = downsample_channels
         self.net_2 = nn.Conv2d(config.output_channels, c1, kernel_size=3, stride=2, padding=1, bias=False)
-        self.net_3 = nn.Conv2d(c1, c2, kernel_size=3, stride=2, padding=1, bias=False)
+        # one entry: no net_3, so each token covers a quarter of the area (and no net_3 weights exist to load)
+        self.net_3 = nn.Conv2d(c1, rest[0], kernel_size=3, stride=2, padding=1, bias=False) if rest else nn.Identity()
         self.fast_cpu = False  # set by VaryForCausalLM.enable_fast_cpu_path(): same outputs, see fast.py
 
     def init_position_codes(self) -> None:
@@ -53,7 +54,7 @@ class VisionVocabulary(nn.Module):
                 pos.copy_(sincos_2d(pos.shape[1], pos.shape[2], pos.shape[3]).to(pos.dtype))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # (N, 3, S, S) -> neck (N, 256, S/16, S/16) -> (N, c1, S/32, S/32) -> (N, c2, S/64, S/64)
+        # (N, 3, S, S) -> neck (N, 256, S/16, S/16) -> (N, c1, S/32, S/32) -> (N, c2, S/64, S/64) (net_3 may be absent)
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.encoder)):  # may train convs only
             if self.fast_cpu and fast.fast_path_supported(self.encoder, pixel_values):
                 x = fast.sam_encoder_forward(self.encoder, pixel_values)  # channels-last, same values

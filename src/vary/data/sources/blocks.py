@@ -17,6 +17,11 @@ Options (all `--option key=value`):
   place      "margin"     "anywhere": move the block to a random spot where it fits (drawn after the text, so the
                           text is the same as with "margin"). With text always at the top-left margin a model
                           learns to read only there (reports/training/nano-ocr/README.md)
+  text       "generator"  "prose": real prose from Debian packages (vary.data.prose: fortunes, fortunes-zh,
+                          python3-doc) instead of the built-in word generator
+  split      none         "train" or "heldout": the partition of the prose passages (by a hash of each passage)
+                          and of the fonts (vary.data.fonts.HELDOUT_FONTS) to draw from; with text=prose it
+                          defaults to "train", so held-out passages and faces are only ever drawn on request
   boxes      false        true: also record meta["char_boxes"], one [left, top, right, bottom] in image pixels
                           per character of the target, newlines left out (glyph ink; whitespace: its advance).
                           For objectives that need to know where each character is (vary.train.vision_warmup).
@@ -29,7 +34,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from vary.data.fonts import draw_text, find_fonts, load_font, text_width
+from vary.data.fonts import FONT_SPLITS, draw_text, find_fonts, font_covers, load_font, text_width
+from vary.data.prose import ProseCorpus
 from vary.data.sample import Sample
 from vary.data.sources import option_flag
 from vary.data.sources.pages import wrap_chars, wrap_words
@@ -67,6 +73,8 @@ class BlocksSource:
         place: str = "margin",
         boxes: bool | str = False,
         corpus_dir: str | Path | None = None,
+        text: str = "generator",
+        split: str | None = None,
     ):
         if count is None:
             raise ValueError("blocks needs --count (it makes text from nothing, there is no input folder)")
@@ -84,14 +92,27 @@ class BlocksSource:
         if self.font[1] > 0.6:
             raise ValueError(f"blocks: font {font!r} is a fraction of the image side; keep it under 0.6")
         zh_chars = int(zh_chars) if zh_chars not in (None, "", "none") else None
-        self.corpus = TextCorpus(lang, Path(corpus_dir) if corpus_dir else None, zh_chars=zh_chars)
-        self.fonts = find_fonts(lang, "regular" + (f"-{font_style}" if font_style else ""))
+        if text not in ("generator", "prose"):
+            raise ValueError(f"blocks: text must be 'generator' or 'prose', got {text!r}")
+        split = None if split in (None, "", "none") else split
+        if split not in (None, *FONT_SPLITS):
+            raise ValueError(f"blocks: split must be one of {', '.join(FONT_SPLITS)}, got {split!r}")
+        if text == "prose":
+            if corpus_dir or zh_chars:
+                raise ValueError("blocks: text=prose draws its own text; it excludes corpus_dir= and zh_chars=")
+            self.corpus = ProseCorpus(lang, split or "train")
+            split = split or "train"
+        else:
+            self.corpus = TextCorpus(lang, Path(corpus_dir) if corpus_dir else None, zh_chars=zh_chars)
+        self.text, self.split = text, split
+        self.fonts = find_fonts(lang, "regular" + (f"-{font_style}" if font_style else ""), split=split)
 
     def __len__(self) -> int:
         return self.count
 
     def describe(self) -> dict:
-        return {"fonts": [p.name for p in self.fonts], "lines": list(self.lines), "font": list(self.font)}
+        return {"fonts": [p.name for p in self.fonts], "lines": list(self.lines), "font": list(self.font),
+                "text": self.text, "split": self.split}  # fmt: skip
 
     def make(self, index: int, rng: random.Random) -> Sample:
         side = self.size
@@ -107,7 +128,7 @@ class BlocksSource:
         wrap = wrap_chars if self.lang == "zh" else wrap_words
         lines: list[str] = []
         if self.chars is not None:  # a few characters cut from running text, kept to what fits one line
-            text = self.corpus.paragraph(rng, 1)
+            text = self._paragraph(font_path, 1, rng)
             start = rng.randrange(len(text))
             lines = [wrap(font, text[start : start + rng.randint(*self.chars)].strip() or text[0], width)[0]]
             n_lines = 1
@@ -115,7 +136,7 @@ class BlocksSource:
             font, line = self._fitted_words(font_path, px, width, rng)
             px, lines, n_lines = font.size, [line], 1
         while len(lines) < n_lines:  # a paragraph may wrap to fewer lines than asked: add another
-            lines += wrap(font, self.corpus.paragraph(rng, rng.randint(1, 3)), width)
+            lines += wrap(font, self._paragraph(font_path, rng.randint(1, 3), rng), width)
         lines = lines[:n_lines]
         if self.anywhere:
             left, top = self._anywhere(font, lines, pitch, rng)
@@ -132,6 +153,15 @@ class BlocksSource:
             key="", image=image, target="\n".join(lines), task="ocr", lang=self.lang, kind=self.name, meta=meta
         )
 
+    def _paragraph(self, font_path: Path, n_sentences: int, rng: random.Random) -> str:
+        """A paragraph of the corpus that the face can draw. Real prose holds characters some faces lack (a GB2312
+        face has no traditional characters); the generator's text is drawn from characters all of them have."""
+        for _ in range(200):
+            paragraph = self.corpus.paragraph(rng, n_sentences)
+            if self.text != "prose" or font_covers(font_path, paragraph):
+                return paragraph
+        raise ValueError(f"blocks: {font_path.name} lacks characters of 200 paragraphs in a row; choose other fonts")
+
     def _anywhere(self, font, lines: list[str], pitch: float, rng: random.Random) -> tuple[float, float]:
         """(left, top) drawn uniformly over the places where the block stays 2% inside every edge."""
         ascent, descent = font.getmetrics()
@@ -145,7 +175,7 @@ class BlocksSource:
 
         Big type fits few letters, so runs are tried at several places in the text first (the first that fits
         wins), and the type shrinks only when none fits."""
-        text, n = self.corpus.paragraph(rng, 3).split(), rng.randint(*self.words)
+        text, n = self._paragraph(font_path, 3, rng).split(), rng.randint(*self.words)
         font = load_font(font_path, px)
         runs = [text[s : s + n] for s in (rng.randrange(max(1, len(text) - n + 1)) for _ in range(20))]
         fitting = [run for run in runs if text_width(font, " ".join(run)) <= width]
