@@ -60,6 +60,7 @@ def test_unicode_normalization_nfkc():
     assert s["edit_distance"] == 0.0 and s["f1"] == 1.0 and s["char_f1"] == 1.0  # ...NFKC makes them equal
 
 
+@pytest.mark.slow  # loads WordNet: ~4 s on 2 cores
 def test_meteor_with_and_without_wordnet(tmp_path, monkeypatch):
     pred, ref = ["he", "is", "quick"], ["he", "is", "fast"]
     # exact/stem only: 2 of 3 matched -> P = R = 2/3; 1 chunk / 2 matches -> penalty 0.5 * (1/2)^3 = 1/16

@@ -151,6 +151,7 @@ def test_pipeline_and_cli_run_int8(tiny_model_dir, tmp_path):
     assert result.exit_code == 1 and "error:" in result.output
 
 
+@pytest.mark.slow  # two full loads of a GOT-shaped model: ~3 s on 2 cores
 def test_int8_decoder_with_bf16_vision(tiny_model_dir):
     """--quantize int8 --dtype bf16: vision branch and projector in bf16, decoder int8 with float32 activations."""
     pipe = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="bf16", max_new_tokens=8)
@@ -179,6 +180,7 @@ def test_serve_quantize_int8(tiny_model_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["official", "transformers"])
+@pytest.mark.slow  # four loads, two Qwen tokenizers: ~3 s on 2 cores
 def test_int8_loads_both_released_got_formats(tmp_path, layout):
     """`quantize="int8"` reads GOT-OCR2 as released (official remote-code layout, or transformers' GotOcr2):
     every decoder Linear int8, and the logits track the float32 load of the same folder."""
