@@ -145,12 +145,9 @@ QWEN_7B = dict(
 QWEN_1_8B = dict(QWEN_7B, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
                  intermediate_size=5504)  # fmt: skip
 # GOT-OCR2's decoder: Qwen2-0.5B-like, vocab cut to Qwen's 151643 BPE ranks + 217 specials (image tokens included).
-QWEN2_GOT = dict(
-    model_type="qwen2", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
-    intermediate_size=2816, vocab_size=151860, max_position_embeddings=32768, rms_norm_eps=1e-6,
-    rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False,
-    bos_token_id=151643, eos_token_id=151643, pad_token_id=151643,
-)  # fmt: skip
+QWEN2_GOT = dict(QWEN_7B, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
+                 intermediate_size=2816, vocab_size=151860, max_position_embeddings=32768, rope_theta=1000000.0,
+                 tie_word_embeddings=True)  # fmt: skip
 VICUNA_7B = dict(
     model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
     intermediate_size=11008, vocab_size=32003, max_position_embeddings=4096, rms_norm_eps=1e-5,

@@ -298,7 +298,9 @@ class BatchedPipeline(Pipeline):
         jobs = []
         try:
             for image, instruction in zip(images, instructions, strict=True):
-                jobs.append(self.batcher.submit(image, instruction, task, settings, cancel, None, crop, max_tiles))
+                jobs.append(
+                    self.batcher.submit(image, instruction, task, settings, cancel, crop=crop, max_tiles=max_tiles)
+                )
         except BaseException:
             cancel.set()  # a bad image: the ones already queued are dropped
             raise
