@@ -64,6 +64,17 @@ class VaryConfig(PreTrainedConfig):
     # prompts, generation defaults. "vary" for Vary models, "got" for GOT-OCR2.
     prompt_style: str = "vary"
     tie_word_embeddings: bool = False
+    # "sam": Vary's vision vocabulary (vision_config, downsample_channels). "conv": a residual conv net whose
+    # 16 x 8 px grid cells a reading head can name (vary.modeling.conv_vocab): the design of the CPU-trained
+    # bundled model, where a from-scratch SAM collapsed. With "conv", vision_config only gives image_size.
+    vision_encoder: str = "sam"
+    conv_channels: list[int] | tuple[int, ...] = (32, 64, 128, 256)
+    conv_token_columns: int = 4  # grid cells of a row packed into one token for the decoder
+    # A linear CTC head on the conv grid (conv only): trained on each row's line of text, and a second way to
+    # read a page (`ocr_reader`), without the decoder.
+    reading_head: bool = False
+    # How task "ocr" is read: "decoder" (generate, as every Vary model) or "reading_head" (CTC rows).
+    ocr_reader: str = "decoder"
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None and "clip_config" not in kwargs:
@@ -82,7 +93,14 @@ class VaryConfig(PreTrainedConfig):
 
     @property
     def vision_feature_dim(self) -> int:
+        if self.vision_encoder == "conv":
+            return int(self.conv_channels[-1]) * int(self.conv_token_columns)
         return int(self.downsample_channels[-1])
+
+    @property
+    def reading_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the conv vocabulary's grid: 16 x 8 px cells."""
+        return self.image_size // 16, self.image_size // 8
 
     @property
     def clip_image_size(self) -> int | None:
@@ -95,6 +113,35 @@ class VaryConfig(PreTrainedConfig):
         return hidden if self.clip_config is None else hidden // 2
 
     def validate_shapes(self) -> None:
+        if self.vision_encoder not in ("sam", "conv"):
+            raise ValueError(f"vision_encoder must be 'sam' or 'conv', got {self.vision_encoder!r}")
+        if self.ocr_reader not in ("decoder", "reading_head"):
+            raise ValueError(f"ocr_reader must be 'decoder' or 'reading_head', got {self.ocr_reader!r}")
+        if (self.reading_head or self.ocr_reader == "reading_head") and self.vision_encoder != "conv":
+            raise ValueError("a reading head needs vision_encoder='conv' (it names the conv grid's cells)")
+        if self.ocr_reader == "reading_head" and not self.reading_head:
+            raise ValueError("ocr_reader='reading_head' needs reading_head=true")
+        if self.vision_encoder == "conv":
+            self._validate_conv_shapes()
+        else:
+            self._validate_sam_shapes()
+        self._validate_rest()
+
+    def _validate_conv_shapes(self) -> None:
+        if len(self.conv_channels) != 4:
+            raise ValueError(f"conv_channels needs four entries (one per stage), got {list(self.conv_channels)}")
+        rows, columns = self.reading_grid
+        if self.image_size % 32 or columns % self.conv_token_columns:
+            raise ValueError(f"a conv vocabulary needs image_size divisible by 32 and by 8 x conv_token_columns,"
+                             f" got {self.image_size}")  # fmt: skip
+        tokens = rows * columns // self.conv_token_columns
+        if tokens != self.image_token_len or self.clip_config is not None:
+            raise ValueError(
+                f"image_token_len={self.image_token_len} but a {self.image_size}px image gives {rows} rows x "
+                f"{columns // self.conv_token_columns} tokens = {tokens} (and a conv vocabulary takes no CLIP branch)"
+            )
+
+    def _validate_sam_shapes(self) -> None:
         convs = len(self.downsample_channels)
         if convs not in (1, 2):
             raise ValueError(f"downsample_channels needs one or two entries (stride-2 convs), got {convs}")
@@ -113,6 +160,8 @@ class VaryConfig(PreTrainedConfig):
                 )
             if int(self.text_config.hidden_size) % 2:
                 raise ValueError("Vary-base concatenates two projections: the LM hidden size must be even")
+
+    def _validate_rest(self) -> None:
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {tuple(TEMPLATES)}, got {self.template!r}")
         if self.prompt_style not in PROMPT_STYLES:
@@ -229,6 +278,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         template="plain",
     ),  # fmt: skip
 }
+
+
+# reader: the CPU-trained bundled model. A conv vision vocabulary with a CTC reading head (384 px -> 24 rows x 48
+# cells -> 288 tokens) feeding nano's decoder; one token per character (a chars tokenizer, English and Chinese).
+PRESETS["reader"] = dict(
+    PRESETS["nano"],
+    vision_config=dict(PRESETS["nano"]["vision_config"], image_size=384),
+    vision_encoder="conv",
+    reading_head=True,
+    image_token_len=288,
+    projector_norm=True,
+    text_config=dict(PRESETS["nano"]["text_config"], vocab_size=4096),
+)
 
 
 def preset(name: str, **overrides: Any) -> VaryConfig:

@@ -347,10 +347,14 @@ class VaryTrainDataset(Dataset):
     """
 
     def __init__(self, sources: list, processor: VaryProcessor, max_length: int, augment: Augment | None = None,
-                 seed: int = 0, features: list[Path] | None = None):  # fmt: skip
+                 seed: int = 0, features: list[Path] | None = None, line_labels: bool = False):  # fmt: skip
         if features is not None and (augment is not None or len(features) != len(sources)):
             raise ValueError("vision features need one file per source and no augmentation")
+        if line_labels and (augment is not None or features is not None):
+            raise ValueError("line labels (a reading head's targets) need the plain images: no augmentation or features")
         self.sources, self.processor, self.max_length = sources, processor, max_length
+        # with a reading head: each sample also carries its grid rows' lines (line_labels_for)
+        self.line_rows = processor.config.reading_grid[0] if line_labels else None
         self.augment, self.seed = augment, seed
         self.template = get_template(processor.config.template)
         self.with_clip = processor.config.clip_config is not None
@@ -385,6 +389,8 @@ class VaryTrainDataset(Dataset):
                 example["vision_features"] = self.features(source, record)
             if self.with_clip:
                 example["pixel_values_clip"] = self.processor.clip_tensor(image)
+            if self.line_rows is not None:
+                example["line_labels"] = line_labels_for(conv, self.processor.tokenizer, self.line_rows)
         except SkipSample as skip:
             return skip
         except ImageError as err:
@@ -409,7 +415,46 @@ class VaryTrainDataset(Dataset):
         if self.with_clip:
             clip = self.processor.config.clip_image_size
             example["pixel_values_clip"] = torch.zeros(3, clip, clip)
+        if self.line_rows is not None:
+            example["line_labels"] = no_line_labels(self.line_rows)
         return example
+
+
+NO_LINES = -2  # first label of every row of an image whose lines are unknown: the reading loss leaves it out
+
+
+def no_line_labels(rows: int) -> list[list[int]]:
+    return [[NO_LINES]] * rows
+
+
+def line_labels_for(conv: Conversation, tokenizer, rows: int) -> list[list[int]]:
+    """Each of `rows` horizontal bands' line of text as token ids ([] = no line), for a reading head's CTC loss.
+
+    A line belongs to the band holding the vertical centre of its glyph boxes (blocks' `boxes=true`:
+    meta["char_boxes"], one box per character of the answer, newlines left out). Samples without boxes
+    (charts, photos, pages) get NO_LINES rows and train only the decoder. Two lines in one band (type smaller
+    than a band, never in the recipes) are read as one, joined by a space.
+    """
+    boxes = conv.meta.get("char_boxes")
+    if not boxes:
+        return no_line_labels(rows)
+    height = conv.image.size[1] if hasattr(conv.image, "size") else None
+    answer = conv.turns[-1][1]
+    lines = answer.split("\n")
+    if height is None or sum(len(line) for line in lines) != len(boxes):
+        raise SkipSample.because("line_boxes", f"sample {conv.key}: {len(boxes)} boxes for {len(answer)} characters")
+    out: list[list[int]] = [[] for _ in range(rows)]
+    start = 0
+    for line in lines:
+        line_boxes = boxes[start : start + len(line)]
+        start += len(line)
+        if not line.strip():
+            continue
+        top, bottom = min(b[1] for b in line_boxes), max(b[3] for b in line_boxes)
+        row = min(rows - 1, max(0, int((top + bottom) / 2 / height * rows)))
+        ids = tokenizer.encode(line, add_special_tokens=False)
+        out[row] = [*out[row], *tokenizer.encode(" ", add_special_tokens=False), *ids] if out[row] else ids
+    return out
 
 
 @dataclass
@@ -442,6 +487,13 @@ class Collator:
         for image_key in ("pixel_values", "vision_features", "pixel_values_clip"):
             if image_key in examples[0]:
                 batch[image_key] = torch.stack([x[image_key] for x in examples])
+        if "line_labels" in examples[0]:  # (N, rows, longest line), -100 after each row's line
+            longest = max(1, *(len(row) for x in examples for row in x["line_labels"]))
+            rows = len(examples[0]["line_labels"])
+            batch["line_labels"] = torch.full((len(examples), rows, longest), IGNORE_INDEX, dtype=torch.long)
+            for i, x in enumerate(examples):
+                for r, row in enumerate(x["line_labels"]):
+                    batch["line_labels"][i, r, : len(row)] = torch.tensor(row, dtype=torch.long)
         batch["stats"] = {"samples": num_samples, "truncated": sum(x["truncated"] for x in examples),
                           "skipped": dict(skipped), "skip_notes": notes[:5]}  # fmt: skip
         return batch

@@ -14,6 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vary.config import VaryConfig
 from vary.modeling import fast
+from vary.modeling.conv_vocab import ConvVisionVocabulary, greedy_rows, line_ctc_loss, merge_rows
 from vary.modeling.vision_vocab import VisionVocabulary, trainable
 
 
@@ -36,7 +37,14 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: VaryConfig):
         super().__init__(config)
-        self.vision_vocab = VisionVocabulary(config.vision_config, config.downsample_channels)
+        if config.vision_encoder == "conv":
+            self.vision_vocab = ConvVisionVocabulary(config.conv_channels, config.conv_token_columns)
+        else:
+            self.vision_vocab = VisionVocabulary(config.vision_config, config.downsample_channels)
+        # names each conv grid cell's character (CTC, blank = pad): see vary.modeling.conv_vocab
+        self.reading_head = (
+            nn.Linear(self.vision_vocab.out_channels, config.text_config.vocab_size) if config.reading_head else None
+        )
         self.projector_vary = nn.Linear(config.vision_feature_dim, config.projector_out_dim)
         self.projector_norm = nn.LayerNorm(config.projector_out_dim) if config.projector_norm else None
         self.clip = None
@@ -46,7 +54,14 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             self.projector_clip = nn.Linear(config.clip_config.hidden_size, config.projector_out_dim)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
-        self.vision_vocab.init_position_codes()  # from-scratch start; loaded weights replace it
+        if isinstance(self.vision_vocab, VisionVocabulary):
+            self.vision_vocab.init_position_codes()  # from-scratch start; loaded weights replace it
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.BatchNorm2d):  # PreTrainedModel's default init leaves it alone on meta loads
+            module.reset_parameters()
+            return
+        super()._init_weights(module)
 
     # --- embeddings (delegated to the LM, so resize_token_embeddings and tying work) ---------------------
     def get_input_embeddings(self) -> nn.Module:
@@ -69,22 +84,33 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         `vision_features` (N, 256, 1024), the vision vocabulary's outputs computed ahead by `vary train
         features`, stand in for running it on `pixel_values` (only right while it is frozen).
         """
+        features, _ = self._encode_images(pixel_values, pixel_values_clip, vision_features)
+        return features
+
+    def _encode_images(self, pixel_values, pixel_values_clip=None, vision_features=None, reading_grid=False):
+        """encode_images, and the conv vocabulary's grid too when `reading_grid` (one pass for both heads)."""
+        grid = None
         if vision_features is not None:
             vary_features = vision_features.to(self.projector_vary.weight.dtype)
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.vision_vocab)):
-                vary_features = self.vision_vocab(pixel_values.to(self.projector_vary.weight.dtype))  # (N, 256, 1024)
+                pixels = pixel_values.to(self.projector_vary.weight.dtype)
+                if reading_grid:
+                    grid = self.vision_vocab.grid(pixels)
+                    vary_features = self.vision_vocab.pack(grid)
+                else:
+                    vary_features = self.vision_vocab(pixels)  # (N, 256, 1024)
         features = self.projector_vary(vary_features)
         if self.projector_norm is not None:
             features = self.projector_norm(features)
         if self.clip is None:
-            return features
+            return features, grid
         if pixel_values_clip is None:
             raise ValueError("this Vary-base model has a CLIP branch: pass pixel_values_clip (224x224) too")
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.clip)):
             clip_out = self.clip(pixel_values_clip.to(self.projector_clip.weight.dtype), output_hidden_states=True)
             clip_features = clip_out.hidden_states[self.config.vision_select_layer][:, 1:]  # drop CLS: (N, 256, 1024)
-        return torch.cat([self.projector_clip(clip_features), features], dim=-1)  # CLIP first, as the official code
+        return torch.cat([self.projector_clip(clip_features), features], dim=-1), grid  # CLIP first, as the official code
 
     def splice_image_features(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor
@@ -118,18 +144,23 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        line_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels` use -100 for positions without loss (prompt, image, padding); the LM shifts them.
-        `vision_features`: see encode_images."""
+        `vision_features`: see encode_images. `line_labels` (N, rows, L): each grid row's line of text (see
+        conv_vocab.line_ctc_loss); with them the output also holds `reading_loss` (a sum over rows) and
+        `reading_chars`."""
+        reading = line_labels is not None and self.reading_head is not None and pixel_values is not None
+        grid = None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (or inputs_embeds)")
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
             if pixel_values is not None or vision_features is not None:
-                image_features = self.encode_images(pixel_values, pixel_values_clip, vision_features)
+                image_features, grid = self._encode_images(pixel_values, pixel_values_clip, vision_features, reading)
                 inputs_embeds = self.splice_image_features(input_ids, inputs_embeds, image_features)
-        return self.language_model(
+        out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -138,6 +169,25 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if reading and grid is not None:
+            out["reading_loss"], out["reading_chars"] = line_ctc_loss(self.reading_logits(grid), line_labels,
+                                                                      self.config.text_config.pad_token_id)  # fmt: skip
+        return out
+
+    # --- the reading head (conv vocabulary only) ------------------------------------------------------
+    def reading_logits(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, C, R, W) grid -> (N, R, W, vocab) CTC logits."""
+        return self.reading_head(grid.permute(0, 2, 3, 1))
+
+    @torch.no_grad()
+    def read_lines(self, pixel_values: torch.Tensor) -> list[list[list[int]]]:
+        """Read each image with the reading head alone: per image, one token-id list per text line, top to
+        bottom (best-path CTC per grid row, see conv_vocab.greedy_rows / merge_rows)."""
+        if self.reading_head is None:
+            raise ValueError("this model has no reading head (config.reading_head): read with generate()")
+        grid = self.vision_vocab.grid(pixel_values.to(self.projector_vary.weight.dtype))
+        rows = greedy_rows(self.reading_logits(grid), self.config.text_config.pad_token_id)
+        return [merge_rows(image_rows) for image_rows in rows]
 
     def generate(self, *args, **kwargs):
         if self.vision_vocab.fast_cpu and self.device.type == "cpu":
@@ -164,7 +214,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         """As nn.Module.train, but a frozen vision branch stays in eval mode (as BLIP-2 keeps its frozen ViT):
         it is a fixed feature extractor, so no dropout, and on a CPU it can take the fast inference path."""
         super().train(mode)
-        for branch in (self.vision_vocab, self.vision_vocab.encoder, self.clip):  # the encoder: see part_parameters
+        for branch in (self.vision_vocab, getattr(self.vision_vocab, "encoder", None), self.clip):  # see part_parameters
             if branch is not None and not trainable(branch):
                 branch.eval()
         return self
@@ -184,8 +234,9 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         the trunk then runs without autograd (and on a CPU on the fast path), so a step costs little more.
         """
         vision = self.vision_vocab
-        parts = {"vision_vocab": [vision], "vision_encoder": [vision.encoder],
-                 "vision_downsample": [vision.net_2, vision.net_3],
+        parts = {"vision_vocab": [vision], "vision_encoder": [getattr(vision, "encoder", None)],
+                 "vision_downsample": [getattr(vision, "net_2", None), getattr(vision, "net_3", None)],
+                 "reading_head": [self.reading_head],
                  "projector_vary": [self.projector_vary, self.projector_norm],
                  "lm": [self.language_model], "clip": [self.clip], "projector_clip": [self.projector_clip]}  # fmt: skip
         return {

@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
+from vary.modeling.quantize import cpu_has_native_bf16
 from vary.train.recipes import Recipe, RecipeError
 
 
@@ -37,8 +38,11 @@ def make_accelerator(recipe: Recipe, out) -> tuple[Accelerator, int]:
     r = recipe
     cpu = not torch.cuda.is_available()
     precision = r.train.mixed_precision
-    if cpu and precision != "no":
-        warnings.warn(f"train.mixed_precision={precision} needs a GPU; this CPU run uses fp32", stacklevel=3)
+    # bf16 autocast on a CPU only where it has bf16 instructions (AVX512-BF16 / AMX: ~2.7x faster for the conv
+    # vocabulary); elsewhere it is emulated and far slower than fp32
+    if cpu and precision != "no" and not (precision == "bf16" and cpu_has_native_bf16()):
+        warnings.warn(f"train.mixed_precision={precision} needs a GPU or a CPU with native bf16; this run uses fp32",
+                      stacklevel=3)  # fmt: skip
         precision = "no"
     sharded = {
         e: os.environ.get(e, "false").lower() == "true" for e in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")

@@ -21,7 +21,8 @@ import yaml
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # configs/ beside src/ (editable install)
 SCHEDULERS = ("cosine", "linear", "constant")
-FREEZABLE = ("vision_vocab", "vision_encoder", "vision_downsample", "clip", "projector_vary", "projector_clip", "lm")
+FREEZABLE = ("vision_vocab", "vision_encoder", "vision_downsample", "reading_head", "clip", "projector_vary", "projector_clip",
+             "lm")
 TOKENIZER_TYPES = ("bpe", "chars")  # what model.tokenizer_type may ask vary.train.init.train_tokenizer for
 
 
@@ -68,6 +69,9 @@ class DataRecipe:
     eval_sources: list[SourceRecipe] = field(default_factory=list)  # held-out shard folders scored during training
     eval_samples: int = 64  # the first N samples of each eval source
     vision_features: bool = False  # read the frozen vision vocabulary's outputs (`vary train features`), not images
+    # train the model's reading head too: each sample's lines from its glyph boxes (blocks' boxes=true), CTC per
+    # grid row (vary.modeling.conv_vocab); samples without boxes train only the decoder
+    line_labels: bool = False
 
 
 @dataclass
@@ -81,6 +85,7 @@ class OptimRecipe:
     min_lr: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     lr_scale: dict[str, float] = field(default_factory=dict)  # per-part lr multipliers, e.g. {vision_vocab: 0.1}
+    reading_loss_weight: float = 1.0  # the reading head's CTC loss (nats per row) beside the answer tokens' loss
 
 
 @dataclass
@@ -91,7 +96,7 @@ class TrainRecipe:
     max_steps: int | None = None  # optimizer steps; or derived from epochs
     epochs: float | None = None  # passes over all sources' samples (used when max_steps is null)
     seed: int = 0
-    mixed_precision: str = "no"  # no | bf16 | fp16 (GPU only; CPU runs in fp32)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (GPU; bf16 also on a CPU with native bf16, else fp32)
     save_every: int = 500  # steps between checkpoints (a final one is always written)
     keep_last: int = 3  # checkpoints kept on disk
     eval_every: int = 500  # steps between held-out evaluations of data.eval_sources (one also runs at the end)
@@ -170,6 +175,8 @@ def validate(recipe: Recipe) -> None:
         (not recipe.data.vision_features or "vision_vocab" in recipe.model.freeze
          or {"vision_encoder", "vision_downsample"} <= set(recipe.model.freeze),
          "data.vision_features needs model.freeze to hold vision_vocab: the features are its frozen outputs"),
+        (not recipe.data.line_labels or not (recipe.data.augment or recipe.data.vision_features),
+         "data.line_labels needs the plain images: data.augment: false and no data.vision_features"),
         (recipe.model.tokenizer_type in TOKENIZER_TYPES,
          f"model.tokenizer_type must be {' or '.join(TOKENIZER_TYPES)}, got {recipe.model.tokenizer_type!r}"),
     ]  # fmt: skip

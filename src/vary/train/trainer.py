@@ -140,6 +140,9 @@ class Trainer:
         c = self.model.config
         ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}
         check_image_tokens(self.tokenizer, ids, source="the training tokenizer")
+        if r.data.line_labels and not c.reading_head:
+            raise RecipeError(f"{r.source}: data.line_labels trains a reading head, but this model has none "
+                              "(model.config.reading_head: true, with vision_encoder: conv)")  # fmt: skip
         self._freeze()
         self.feature_files = self._feature_files()
         if self.accelerator.device.type == "cpu":  # a frozen vision vocabulary then encodes ~1.4x faster
@@ -272,7 +275,7 @@ class Trainer:
         processor = self.processor
         augment = augment_document if r.data.augment else None
         self.dataset = VaryTrainDataset(self.sources, processor, r.data.max_length, augment, seed=r.train.seed,
-                                        features=self.feature_files)  # fmt: skip
+                                        features=self.feature_files, line_labels=r.data.line_labels)  # fmt: skip
         sampler = MixtureSampler(
             [len(s) for s in self.sources], [s.weight for s in r.data.sources], seed=r.train.seed,
             batch_size=r.train.batch_size, num_processes=acc.num_processes, process_index=acc.process_index,
@@ -411,6 +414,7 @@ class Trainer:
         # accelerate divides by the accumulation steps: multiply both back.
         scale = acc.num_processes * self.accumulation / max(tokens, 1.0)
         loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
+        self._reading = [0.0, 0]  # this process's CTC loss sum and line characters (logged per character)
         grad_norm = None
         try:  # the optimizer's first step allocates its state: it can run out of memory too
             for mb in micro:
@@ -435,7 +439,10 @@ class Trainer:
         st.truncated += int(truncated)
         for reason, n in all_skipped.items():
             st.skipped[reason] = st.skipped.get(reason, 0) + n
-        return {
+        reading = {}
+        if self._reading[1]:  # this process's figure: the reading head is a side objective, not worth a reduce
+            reading = {"reading_loss": round(self._reading[0] / self._reading[1], 5)}
+        return reading | {
             "step": st.step, "loss": float(loss_sum) / max(tokens, 1.0), "lr": lr,
             "grad_norm": None if grad_norm is None else float(grad_norm), "samples": int(samples),
             "tokens": int(tokens), "truncated": int(truncated), "skipped": dict(all_skipped),
@@ -448,7 +455,13 @@ class Trainer:
         labels = inputs.pop("labels")
         out = self.model(**inputs, use_cache=False)
         loss = token_loss_sum(out.logits, labels)
-        self.accelerator.backward(loss * scale)
+        reading = out.get("reading_loss")
+        if reading is not None:  # the reading head's CTC (summed over rows) joins the answer tokens' loss sum
+            self._reading[0] += float(reading.detach())
+            self._reading[1] += out["reading_chars"]
+            self.accelerator.backward((loss + self.recipe.optim.reading_loss_weight * reading) * scale)
+        else:
+            self.accelerator.backward(loss * scale)
         return loss.detach()
 
     def _reduce_counts(self, counts: Counter) -> dict[str, int]:

@@ -1,0 +1,132 @@
+"""A convolutional vision vocabulary with a reading head: the design of the CPU-trained bundled model.
+
+Vary's SAM ViT vocabulary, trained from scratch on a CPU through the decoder's loss alone, collapsed to
+image-independent tokens (reports/training/prose-reader). This network is what OCR front ends have long used
+instead (CRNN, Shi et al. 2015): a small residual conv net whose output grid keeps text lines apart, with a
+direct, dense objective on it. Each grid row covers 16 px of the image and each column 8 px, so a row holds one
+line of text at up to one column per character; a linear *reading head* names each cell's character and is
+trained with CTC against the line whose centre falls in that row (hybrid CTC/attention, Watanabe et al. 2017).
+The image always shapes the features, and the head reads a page on its own, without the decoder.
+
+The decoder sees the same grid packed into tokens: `token_columns` neighbouring cells of a row become one
+token (S/16 rows x S/32 tokens per row: 288 tokens at 384 px), so it reads rows left to right, top to bottom.
+
+image (N, 3, S, S) -> stem (stride 8, then stride 2 down only) -> grid (N, C, S/16, S/8)
+grid -> reading head -> (N, S/16, S/8, vocab) CTC logits, blank = the pad token
+grid -> pack `token_columns` cells -> (N, S/16 * S/32, C * token_columns) tokens for the projector
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from rapidfuzz.distance import Levenshtein
+from torch import nn
+
+ROW_STRIDE, COLUMN_STRIDE = 16, 8
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x + self.body(x))
+
+
+def down(c_in: int, c_out: int, stride: int | tuple[int, int]) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.GELU())  # fmt: skip
+
+
+class ConvVisionVocabulary(nn.Module):
+    def __init__(self, channels: tuple[int, ...] | list[int], token_columns: int = 4):
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        # strides 2, 2, 2 then (2, 1): rows 16 px, columns 8 px. Residual blocks where the grid is small enough
+        # to afford them; the last stage's vertical receptive field (~150 px) spans a line and its neighbours.
+        self.stem = nn.Sequential(
+            down(3, c1, 2), down(c1, c2, 2), ResidualBlock(c2),
+            down(c2, c3, 2), ResidualBlock(c3), ResidualBlock(c3),
+            down(c3, c4, (2, 1)), ResidualBlock(c4), ResidualBlock(c4),
+        )  # fmt: skip
+        self.token_columns = token_columns
+        self.fast_cpu = False  # the SAM vocabulary's switch; a conv net has no separate fast path
+
+    @property
+    def out_channels(self) -> int:
+        return self.stem[-1].body[-1].num_features
+
+    def grid(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, C, S/16, S/8): one cell per 16 x 8 px."""
+        return self.stem(pixel_values)
+
+    def pack(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, C, R, W) -> (N, R * W / k, C * k): k = token_columns neighbouring cells of a row per token."""
+        n, c, rows, width = grid.shape
+        k = self.token_columns
+        x = grid.permute(0, 2, 3, 1).reshape(n, rows, width // k, k * c)
+        return x.flatten(1, 2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.pack(self.grid(pixel_values))
+
+
+def line_ctc_loss(logits: torch.Tensor, line_labels: torch.Tensor, blank: int) -> tuple[torch.Tensor, int]:
+    """Sum over rows of the CTC loss of each grid row against the line it holds, and the characters counted.
+
+    logits (N, R, W, V); line_labels (N, R, L): each row's line as token ids, padded with -100; a row of only
+    -100 holds no line and is trained to all blanks; rows of images without line boxes are -100 everywhere
+    except a leading -2 (see vary.data.dataset.line_labels_for), and are left out.
+    """
+    n, rows, width, vocab = logits.shape
+    labels = line_labels.flatten(0, 1)  # (N*R, L)
+    keep = labels[:, 0] != -2
+    if not bool(keep.any()):
+        return logits.sum() * 0.0, 0
+    log_probs = logits.flatten(0, 1)[keep].float().log_softmax(-1).transpose(0, 1)  # (W, rows kept, V)
+    labels = labels[keep]
+    lengths = (labels >= 0).sum(1)
+    targets = labels.clamp(min=0)
+    input_lengths = torch.full((labels.shape[0],), width, dtype=torch.long)
+    # zero_infinity: a line with more characters than the row has columns (tiny type) cannot be aligned; it
+    # gives no gradient instead of an infinite loss
+    loss = F.ctc_loss(log_probs, targets, input_lengths, lengths, blank=blank, reduction="sum", zero_infinity=True)
+    return loss, int(lengths.sum())
+
+
+def greedy_rows(logits: torch.Tensor, blank: int) -> list[list[tuple[int, list[int], float]]]:
+    """Best-path CTC decoding of every row: per image, (row, token ids, mean confidence of the kept cells) for
+    each row that reads something. Vectorised over the batch; only the short id lists are built in Python."""
+    probs = logits.float().softmax(-1)
+    conf, best = probs.max(-1)  # (N, R, W)
+    repeat = torch.zeros_like(best, dtype=torch.bool)
+    repeat[..., 1:] = best[..., 1:] == best[..., :-1]
+    keep = (best != blank) & ~repeat
+    out = []
+    for image_best, image_keep, image_conf in zip(best, keep, conf, strict=True):
+        rows = []
+        for r in torch.nonzero(image_keep.any(-1)).flatten().tolist():
+            mask = image_keep[r]
+            rows.append((r, image_best[r][mask].tolist(), float(image_conf[r][mask].mean())))
+        out.append(rows)
+    return out
+
+
+def merge_rows(rows: list[tuple[int, list[int], float]], same: float = 0.6) -> list[list[int]]:
+    """One id list per text line. Training puts each line on the row holding its centre, but a centre near a row
+    boundary can be read by both rows: of two neighbouring rows that read nearly the same ids (normalised
+    Levenshtein similarity >= `same`), keep the more confident. Neighbouring rows that differ are two lines
+    (dense type puts consecutive lines on consecutive rows), and real prose never repeats a line that closely."""
+    lines: list[tuple[int, list[int], float]] = []
+    for row in rows:
+        if lines and row[0] == lines[-1][0] + 1 and Levenshtein.normalized_similarity(row[1], lines[-1][1]) >= same:
+            if row[2] > lines[-1][2]:
+                lines[-1] = row
+            continue
+        lines.append(row)
+    return [ids for _, ids, _ in lines]
