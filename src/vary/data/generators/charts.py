@@ -33,7 +33,6 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import fontManager
 from PIL import Image
 
-from vary.chart_answer import parse_chart_answer  # noqa: F401  (importable from here too)
 from vary.data.fonts import find_fonts
 from vary.data.generators import option_flag
 from vary.data.sample import Sample, SkipSample
