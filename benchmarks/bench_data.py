@@ -23,9 +23,9 @@ from pathlib import Path
 import pymupdf
 
 from vary.data.engine import GenerateConfig, generate, sample_rng
+from vary.data.generators import GENERATORS, get_generator_class
 from vary.data.sample import SkipSample
 from vary.data.shards import encode_sample
-from vary.data.sources import SOURCES, get_source_class
 from vary.data.text import TextCorpus
 
 TARGETS = {"pages": 15, "tables": 15, "charts": 5, "pdf": 10, "latex": 1}
@@ -55,22 +55,22 @@ def cpu_seconds() -> float:
 
 
 def bench_one(kind: str, n: int, size: int, input_dir: Path | None, warmup: int) -> tuple[float, float, int]:
-    """(samples per CPU second, samples per wall second, samples) for source.make + encode."""
-    cls = get_source_class(kind)
+    """(samples per CPU second, samples per wall second, samples) for generator.make + encode."""
+    cls = get_generator_class(kind)
     kwargs = {"count": n + warmup, "lang": "en", "size": size}
     if input_dir is not None:
         kwargs["input_dir"] = input_dir
-    source = cls(**kwargs)
-    fmt = getattr(source, "image_format", "png")
+    generator = cls(**kwargs)
+    fmt = getattr(generator, "image_format", "png")
     made, start = 0, None
-    for i in range(min(n + warmup, len(source))):
+    for i in range(min(n + warmup, len(generator))):
         if i == warmup:
             start, cpu_start = time.perf_counter(), cpu_seconds()
         lang = "zh" if i % 2 else "en"
-        if getattr(source, "lang", "en") != lang and kind not in ("pdf", "natural"):
-            source = cls(**{**kwargs, "lang": lang})  # alternate languages (sources are cheap to build)
+        if getattr(generator, "lang", "en") != lang and kind not in ("pdf", "natural"):
+            generator = cls(**{**kwargs, "lang": lang})  # alternate languages (generators are cheap to build)
         try:
-            sample = source.make(i, sample_rng(0, kind, lang, i))
+            sample = generator.make(i, sample_rng(0, kind, lang, i))
         except SkipSample:
             continue
         sample.key = f"{kind}-{i}"
@@ -81,7 +81,7 @@ def bench_one(kind: str, n: int, size: int, input_dir: Path | None, warmup: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kinds", nargs="*", default=list(SOURCES))
+    ap.add_argument("--kinds", nargs="*", default=list(GENERATORS))
     ap.add_argument("--n", type=int, default=40, help="samples per generator (latex: n // 6)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=10, help="untimed samples first (latex: 1)")

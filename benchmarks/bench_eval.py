@@ -1,6 +1,6 @@
 """The bar our models must beat: Tesseract and RapidOCR on held-out synthetic pages (English, Chinese).
 
-Pages come from the data engine's `pages` source with a seed no training recipe uses (HELDOUT_SEED), so
+Pages come from the data engine's `pages` generator with a seed no training recipe uses (HELDOUT_SEED), so
 they are drawn from the training distribution but are not training samples. Prints, per engine and
 language, the normalized edit distance, F1 and seconds per page, and writes the usual report files.
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from vary.data.engine import sample_key, sample_rng
-from vary.data.sources import get_source
+from vary.data.generators import get_generator
 from vary.eval.baselines import get_predictor
 from vary.eval.datasets import EvalRecord
 from vary.eval.report import write_outputs
@@ -47,10 +47,10 @@ class CpuTimed:
 
 
 def heldout_pages(lang: str, count: int, size: int) -> list[EvalRecord]:
-    source = get_source("pages", count=count, lang=lang, size=size)
+    generator = get_generator("pages", count=count, lang=lang, size=size)
     records = []
     for i in range(count):
-        sample = source.make(i, sample_rng(HELDOUT_SEED, "pages", lang, i))
+        sample = generator.make(i, sample_rng(HELDOUT_SEED, "pages", lang, i))
         records.append(
             EvalRecord(id=sample_key("pages", lang, i), reference=sample.target, task="ocr",
                        subset=f"pages-{lang}", image=sample.image, meta={"lang": lang})
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"rendered {len(records)} held-out pages in {time.perf_counter() - t0:.1f} s "
           f"(seed {HELDOUT_SEED}, height {args.size}px)")  # fmt: skip
     predictors = [CpuTimed(get_predictor(spec)) for spec in args.engines]
-    run = evaluate(records, predictors, meta={"dataset": f"pages source, seed {HELDOUT_SEED}", "limit": None})
+    run = evaluate(records, predictors, meta={"dataset": f"pages generator, seed {HELDOUT_SEED}", "limit": None})
 
     # CPU seconds per page, by (engine, subset), from the wrappers (calls happen in record order)
     cpu = {p.name: {} for p in predictors}

@@ -6,8 +6,9 @@ the nano-ocr runs on an H200 trained ~900 samples/s with 14-15 workers (reports/
     python benchmarks/bench_loader.py --data data/nano-ocr/blocks-en-25k-s39 --n 2000
     python benchmarks/bench_loader.py --augment               # with the document augmentation
 
-The processor and tokenizer are the committed nano-ocr checkpoint's (`--model` to use another). One process,
-one thread: a worker's rate; N workers give about N times this when N cores are free.
+The processor is the nano-ocr-read recipe's (384 px, a character tokenizer trained on the data, as `vary train
+run` builds them; the loader never runs the model, so no weights are needed), or a model folder's with `--model`.
+One process, one thread: a worker's rate; N workers give about N times this when N cores are free.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from vary.data.dataset import Collator, VaryTrainDataset, open_source
 from vary.data.engine import GenerateConfig, generate
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
+from vary.train.init import build_config, train_tokenizer
+from vary.train.recipes import load_recipe
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "reports/training/nano-ocr/checkpoint"
+RECIPE = "nano-ocr-read"
 
 
 def cpu_seconds() -> float:
@@ -40,6 +43,16 @@ def make_blocks(folder: Path, count: int, size: int) -> Path:
     generate(GenerateConfig("blocks", folder, count=count, lang="en", size=size, workers=1, progress=False,
                             options=options))  # fmt: skip
     return folder
+
+
+def recipe_processor(source, folder: Path) -> VaryProcessor:
+    """The recipe's config and tokenizer, built from `source` the way `vary train run RECIPE` builds them."""
+    recipe = load_recipe(RECIPE)
+    vocab = recipe.model.config["text_config"]["vocab_size"]
+    texts = [t for t in source.texts(recipe.data.tokenizer_corpus) if t]
+    train_tokenizer(texts, vocab, folder, recipe.model.tokenizer_type)
+    tokenizer = load_tokenizer(folder)
+    return VaryProcessor(build_config(recipe, tokenizer), tokenizer)
 
 
 def bench(dataset: VaryTrainDataset, records: int, batch: int, pad_id: int) -> tuple[float, float]:
@@ -55,7 +68,8 @@ def bench(dataset: VaryTrainDataset, records: int, batch: int, pad_id: int) -> t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="a data-engine folder (default: blocks made here)")
-    ap.add_argument("--model", type=Path, default=CHECKPOINT, help="folder with config.json + tokenizer")
+    ap.add_argument("--model", type=Path, help=f"folder with config.json + tokenizer (default: the {RECIPE} recipe's)")
+    ap.add_argument("--size", type=int, default=384, help="image side of the blocks made here (nano-ocr: 384)")
     ap.add_argument("--n", type=int, default=400, help="samples to time")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=448)
@@ -63,11 +77,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)  # a loader worker
 
-    config = VaryConfig.from_pretrained(args.model)
-    processor = VaryProcessor(config, load_tokenizer(args.model))
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or make_blocks(Path(tmp) / "blocks", args.n, config.image_size)
+        data = args.data or make_blocks(Path(tmp) / "blocks", args.n, args.size)
         source = open_source(data)
+        if args.model:
+            processor = VaryProcessor(VaryConfig.from_pretrained(args.model), load_tokenizer(args.model))
+        else:
+            processor = recipe_processor(source, Path(tmp) / "tokenizer")
+        config = processor.config
         n = min(args.n, len(source))
         print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; {data} ({n} samples), "
               f"{config.image_size} px, max_length {args.max_length}, batch {args.batch}")  # fmt: skip

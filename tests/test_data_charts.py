@@ -14,11 +14,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vary.chart_answer import parse_chart_answer
-from vary.data.sources import get_source
-from vary.data.sources.charts import (
+from vary.data.generators import get_generator
+from vary.data.generators.charts import (
     FAMILIES,
     KINDS,
-    ChartSource,
+    ChartGenerator,
     Look,
     _Texts,
     draw_chart,
@@ -35,16 +35,16 @@ def png_bytes(image) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def en_source():
-    return ChartSource(count=50, lang="en", size=256)
+def en_generator():
+    return ChartGenerator(count=50, lang="en", size=256)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_kind_and_family_round_trips(en_source, kind, family):
-    source = ChartSource(count=5, lang="en", size=256, kinds=kind, families=family)
-    source.corpus = en_source.corpus  # share the loaded corpus
-    sample = source.make(3, random.Random(f"{kind}-{family}"))
+def test_every_kind_and_family_round_trips(en_generator, kind, family):
+    generator = ChartGenerator(count=5, lang="en", size=256, kinds=kind, families=family)
+    generator.corpus = en_generator.corpus  # share the loaded corpus
+    sample = generator.make(3, random.Random(f"{kind}-{family}"))
     assert sample.task == "chart" and sample.task in TASK_PROMPTS and sample.kind == "charts"
     assert sample.meta["chart_kind"] == kind and sample.meta["family"] == family
     assert sample.image.mode == "RGB" and max(sample.image.size) == 256
@@ -62,12 +62,12 @@ def test_every_kind_and_family_round_trips(en_source, kind, family):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_plotted_and_printed_numbers_are_the_target(en_source, kind):
+def test_plotted_and_printed_numbers_are_the_target(en_generator, kind):
     """Bars/points/wedges are drawn at the target's values, and each value label prints the target's digits."""
     for seed in range(3):
         rng = random.Random(seed)
         theme = make_theme(rng.choice(FAMILIES), rng)
-        chart = random_chart(kind, _Texts(en_source.corpus, "en", rng), rng)
+        chart = random_chart(kind, _Texts(en_generator.corpus, "en", rng), rng)
         assert parse_chart_answer(chart.answer()) == {"title": chart.title, "data": chart.data()}
         fig = Figure(figsize=(10.24, 10.24), dpi=25)
         FigureCanvasAgg(fig)
@@ -94,7 +94,7 @@ def test_plotted_and_printed_numbers_are_the_target(en_source, kind):
 
 
 def test_same_rng_same_png_bytes_even_after_other_charts():
-    a, b = ChartSource(count=9, lang="en", size=256), ChartSource(count=9, lang="en", size=256)
+    a, b = ChartGenerator(count=9, lang="en", size=256), ChartGenerator(count=9, lang="en", size=256)
     first = png_bytes(a.make(4, random.Random(99)).image)
     a.make(5, random.Random(5))  # the reused figure must carry nothing over
     assert png_bytes(a.make(4, random.Random(99)).image) == first
@@ -103,12 +103,12 @@ def test_same_rng_same_png_bytes_even_after_other_charts():
 
 
 def test_chinese_charts_have_every_glyph_and_work_through_the_registry():
-    source = get_source("charts", count=4, lang="zh", size=256, kinds="bar,pie", families="echarts,matplotlib")
-    source = pickle.loads(pickle.dumps(source))  # engine workers may receive a pickled copy
+    generator = get_generator("charts", count=4, lang="zh", size=256, kinds="bar,pie", families="echarts,matplotlib")
+    generator = pickle.loads(pickle.dumps(generator))  # engine workers may receive a pickled copy
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns "Glyph ... missing from font"
         for i in range(3):
-            sample = source.make(i, random.Random(i))
+            sample = generator.make(i, random.Random(i))
             answer = parse_chart_answer(sample.target)
             text = answer["title"] + "".join(answer["data"])
             assert any("\u4e00" <= c <= "\u9fff" for c in text)
@@ -140,16 +140,16 @@ def test_parse_chart_answer_accepts_prefix_or_bare_dict_and_non_str_is_refused()
 
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="unknown"):
-        ChartSource(count=1, kinds="bar,radar")
+        ChartGenerator(count=1, kinds="bar,radar")
     with pytest.raises(ValueError, match="count"):
-        ChartSource(count=None)
+        ChartGenerator(count=None)
     with pytest.raises(ValueError, match="lang"):
-        ChartSource(count=1, lang="fr")
+        ChartGenerator(count=1, lang="fr")
 
 
 def test_chart_answers_are_read_without_matplotlib():
     """Inference and evaluation parse chart answers through vary.chart_answer, which must not pull the
-    matplotlib-based charts source in."""
+    matplotlib-based charts generator in."""
     code = "import sys, vary.chart_answer, vary.eval.metrics, vary.eval.datasets; print('matplotlib' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

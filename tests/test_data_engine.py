@@ -15,15 +15,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vary.data import sources as registry
+from vary.data import generators as registry
 from vary.data.cli import app
 from vary.data.engine import DataEngineError, GenerateConfig, generate, parse_shard_range, sample_rng
 from vary.data.sample import Sample, SkipSample
 from vary.data.shards import ReadStats, iter_shard, iter_shards, list_shards
 
 
-class CountingSource:
-    """A tiny, fast source for engine tests: skips every 7th index; optionally slow."""
+class CountingGenerator:
+    """A tiny, fast generator for engine tests: skips every 7th index; optionally slow."""
 
     name = "counting"
     langs = ("en", "zh")
@@ -45,7 +45,7 @@ class CountingSource:
 
 @pytest.fixture(autouse=True)
 def _register_counting(monkeypatch):
-    monkeypatch.setitem(registry.SOURCES, "counting", CountingSource)
+    monkeypatch.setitem(registry.GENERATORS, "counting", CountingGenerator)
 
 
 def _cfg(out, **kw):
@@ -97,7 +97,7 @@ def test_shard_ranges_compose_into_the_full_run(tmp_path):
 
 def test_resume_after_a_killed_run_completes_only_missing_shards(tmp_path):
     out = tmp_path / "out"
-    slow = {"delay": "0.04"}  # source options are part of the run's identity: the rerun passes them too
+    slow = {"delay": "0.04"}  # generator options are part of the run's identity: the rerun passes them too
     child = mp.get_context("fork").Process(target=generate, args=(_cfg(out, options=slow),))
     child.start()
     deadline = time.time() + 20
@@ -197,13 +197,13 @@ def test_cli_generate_stats_preview_export(tmp_path):
     result = runner.invoke(app, ["generate", "pdf", "--out", str(tmp_path / "x"), "--input-dir", str(tmp_path / "no")])
     assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(app, ["generate", "nosuch", "--out", str(tmp_path / "x"), "--count", "1"])
-    assert result.exit_code == 2 and "unknown data source" in result.output
+    assert result.exit_code == 2 and "unknown data generator" in result.output
     assert not (tmp_path / "x").exists()
 
 
 def test_registry_resolves_every_generator_lazily():
     for name in ("pdf", "pages", "tables", "natural"):
-        assert registry.get_source_class(name).name == name
+        assert registry.get_generator_class(name).name == name
     with pytest.raises(KeyError):
-        registry.get_source_class("nosuch")
+        registry.get_generator_class("nosuch")
     assert random.Random(0).random() == random.Random(0).random()

@@ -9,11 +9,10 @@ import re
 import pymupdf
 import pytest
 
-from vary.data.sample import SkipSample
-from vary.data.sources import get_source
-from vary.data.sources.latex import (
+from vary.data.generators import get_generator
+from vary.data.generators.latex import (
     ContentMaker,
-    LatexSource,
+    LatexGenerator,
     Xelatex,
     XelatexNotFoundError,
     extract_blocks,
@@ -21,7 +20,8 @@ from vary.data.sources.latex import (
     math_ok,
     page_lines,
 )
-from vary.data.sources.latex.templates import TEMPLATES, available_templates
+from vary.data.generators.latex.templates import TEMPLATES, available_templates
+from vary.data.sample import SkipSample
 from vary.prompts import TASK_PROMPTS
 
 PAPER = r"""
@@ -68,8 +68,8 @@ def words(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def en_source():
-    return LatexSource(count=10, lang="en", size=256)
+def en_generator():
+    return LatexGenerator(count=10, lang="en", size=256)
 
 
 def test_at_least_ten_templates_are_usable_here():
@@ -77,8 +77,8 @@ def test_at_least_ten_templates_are_usable_here():
     assert len(available_templates()) >= 10, "fonts missing: run scripts/setup.sh"
 
 
-def test_english_page_target_is_mathpix_markdown(en_source):
-    sample = en_source.make(0, random.Random(1))
+def test_english_page_target_is_mathpix_markdown(en_generator):
+    sample = en_generator.make(0, random.Random(1))
     assert sample.task == "markdown" and sample.task in TASK_PROMPTS and sample.kind == "latex"
     assert sample.image.mode == "RGB" and max(sample.image.size) == 256
     assert sample.meta["template"] in {t.name for t in TEMPLATES} and sample.meta["compiles"] in (1, 2)
@@ -90,13 +90,13 @@ def test_english_page_target_is_mathpix_markdown(en_source):
     assert all(math_ok(m, display=False) for m in inline) and all(math_ok(m, display=True) for m in displays)
 
 
-def test_overfull_content_is_cut_to_what_page_one_shows(en_source, tmp_path):
+def test_overfull_content_is_cut_to_what_page_one_shows(en_generator, tmp_path):
     """Twice a page of content: the target keeps the blocks that ended on page 1, and the PDF has them."""
-    template = next(t for t in en_source.templates if t.name == "article-lm")
+    template = next(t for t in en_generator.templates if t.name == "article-lm")
     rng = random.Random(7)
-    maker = ContentMaker(en_source.corpus, "en", rng, template, glyph_checker(template.cjk_font))
+    maker = ContentMaker(en_generator.corpus, "en", rng, template, glyph_checker(template.cjk_font))
     blocks = maker.page(2 * page_lines(template, "en"))
-    kept, image, compiles = en_source._fit(blocks, template, tmp_path)
+    kept, image, compiles = en_generator._fit(blocks, template, tmp_path)
     assert compiles == 2 and 0 < len(kept) < len(blocks)
     with pymupdf.open(tmp_path / "page.pdf") as doc:
         assert doc.page_count == 1
@@ -109,15 +109,15 @@ def test_overfull_content_is_cut_to_what_page_one_shows(en_source, tmp_path):
 
 
 def test_chinese_page_through_the_registry():
-    source = get_source("latex", count=2, lang="zh", size=256, templates="article-lm,twocol-sans")
-    sample = source.make(1, random.Random(3))
+    generator = get_generator("latex", count=2, lang="zh", size=256, templates="article-lm,twocol-sans")
+    sample = generator.make(1, random.Random(3))
     assert sample.lang == "zh" and sum("\u4e00" <= c <= "\u9fff" for c in sample.target) > 50
     assert max(sample.image.size) == 256
 
 
-def test_same_rng_same_png_bytes(en_source):
-    a = png_bytes(en_source.make(5, random.Random(42)).image)
-    assert png_bytes(en_source.make(5, random.Random(42)).image) == a
+def test_same_rng_same_png_bytes(en_generator):
+    a = png_bytes(en_generator.make(5, random.Random(42)).image)
+    assert png_bytes(en_generator.make(5, random.Random(42)).image) == a
 
 
 def test_extraction_keeps_what_it_can_reproduce():
@@ -139,12 +139,12 @@ def test_tex_folder_with_broken_files_skips_them_with_reasons(tmp_path):
     (tmp_path / "binary.tex").write_bytes(b"\x00\x01\x02 not tex")
     (tmp_path / "latin1.tex").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (tmp_path / "macros_only.tex").write_text("\\begin{document}\\foo{bar}\\baz\n\\end{document}")
-    source = LatexSource(count=None, lang="en", size=256, input_dir=tmp_path, templates="article-lm")
-    assert len(source) == 5  # one sample per file
+    generator = LatexGenerator(count=None, lang="en", size=256, input_dir=tmp_path, templates="article-lm")
+    assert len(generator) == 5  # one sample per file
     reasons = {}
-    for index, path in enumerate(source.files):
+    for index, path in enumerate(generator.files):
         try:
-            sample = source.make(index, random.Random(index))
+            sample = generator.make(index, random.Random(index))
             assert sample.meta["source"] == "good.tex" and sample.target.startswith("## Introduction")
         except SkipSample as e:
             reasons[path.name] = str(e)
@@ -152,10 +152,10 @@ def test_tex_folder_with_broken_files_skips_them_with_reasons(tmp_path):
     assert "unbalanced braces" in reasons["unbalanced.tex"] and "binary" in reasons["binary.tex"]
     assert "UTF-8" in reasons["latin1.tex"] and "no usable" in reasons["macros_only.tex"]
     with pytest.raises(FileNotFoundError, match="not a folder"):
-        LatexSource(count=None, input_dir=tmp_path / "missing")
+        LatexGenerator(count=None, input_dir=tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .tex files"):
-        LatexSource(count=None, input_dir=tmp_path / "empty")
+        LatexGenerator(count=None, input_dir=tmp_path / "empty")
 
 
 def test_tex_error_becomes_skip_with_the_first_error_line(tmp_path):
@@ -165,4 +165,4 @@ def test_tex_error_becomes_skip_with_the_first_error_line(tmp_path):
 
 def test_missing_xelatex_is_a_clear_error():
     with pytest.raises(XelatexNotFoundError, match="setup.sh"):
-        LatexSource(count=1, xelatex="xelatex-not-installed")
+        LatexGenerator(count=1, xelatex="xelatex-not-installed")

@@ -9,8 +9,8 @@ import pytest
 
 from vary.data import prose
 from vary.data.fonts import HELDOUT_FONTS, FontNotFoundError, find_fonts, font_covers
+from vary.data.generators.blocks import BlocksGenerator
 from vary.data.prose import ProseCorpus, ProseNotInstalledError, clean, load_passages, partition
-from vary.data.sources.blocks import BlocksSource
 
 EN_FORTUNES = [
     f"Fortune number {i} says that the quick brown fox jumps over\n\tthe lazy dog {i} times." for i in range(60)
@@ -103,18 +103,18 @@ def test_missing_heldout_font_names_the_apt_package(monkeypatch):
 def test_blocks_from_prose_use_the_split_text_and_fonts(packages):
     heldout_fonts = {p.name for p in find_fonts("en", "regular", split="heldout")}
     for split in ("train", "heldout"):
-        source = BlocksSource(count=6, lang="en", size=256, lines="2-4", text="prose", split=split)
+        generator = BlocksGenerator(count=6, lang="en", size=256, lines="2-4", text="prose", split=split)
         joined = " ".join(load_passages("en", split, *packages))
-        assert source.describe()["split"] == split
+        assert generator.describe()["split"] == split
         for i in range(6):
-            sample = source.make(i, random.Random(i))
+            sample = generator.make(i, random.Random(i))
             assert all(line in joined for line in sample.target.split("\n"))  # wrapped lines of its split
             assert (sample.meta["font"] in heldout_fonts) == (split == "heldout")
-    assert BlocksSource(count=1, lang="en", text="prose").split == "train"  # never held-out by default
+    assert BlocksGenerator(count=1, lang="en", text="prose").split == "train"  # never held-out by default
     with pytest.raises(ValueError, match="text must be"):
-        BlocksSource(count=1, lang="en", text="novels")
+        BlocksGenerator(count=1, lang="en", text="novels")
     with pytest.raises(ValueError, match="excludes"):
-        BlocksSource(count=1, lang="zh", text="prose", zh_chars=1000)
+        BlocksGenerator(count=1, lang="zh", text="prose", zh_chars=1000)
 
 
 def test_blocks_skip_prose_a_face_cannot_draw(packages):
@@ -125,6 +125,6 @@ def test_blocks_skip_prose_a_face_cannot_draw(packages):
     undrawable = [f"{text} 床前明月光" if i % 2 else text for i, text in enumerate(EN_FORTUNES)]
     (fortunes / "wisdom").write_text("\n%\n".join(undrawable), encoding="utf-8")
     load_passages.cache_clear()
-    source = BlocksSource(count=20, lang="en", size=256, lines="3-6", text="prose", split="train")
-    targets = [source.make(i, random.Random(i)).target for i in range(20)]
+    generator = BlocksGenerator(count=20, lang="en", size=256, lines="3-6", text="prose", split="train")
+    targets = [generator.make(i, random.Random(i)).target for i in range(20)]
     assert all(t.strip() and "床" not in t for t in targets)

@@ -78,6 +78,16 @@ def test_research_code_stays_out_of_the_library_and_reports():
             assert "sys.path.insert" not in text or path.name == "test_layout.py", f"{path} edits sys.path"
 
 
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"}
+
+
+def test_reports_and_research_hold_no_model_weights():
+    """Training checkpoints are not committed (each version stays in .git forever); runs write them under runs/."""
+    for folder in ("reports", "research"):
+        weights = [p for p in (REPO / folder).rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+        assert weights == [], f"model weights under {folder}/: {weights}"
+
+
 def _imported(text: str) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(text)):

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Go on with the nano-ocr chain from the committed checkpoint on one GPU, inside a fixed wall-clock budget (a
+# Go on with the nano-ocr chain from model folder INIT on one GPU, inside a fixed wall-clock budget (a
 # lent GPU machine gives minutes, not hours): make fresh sets on all CPU cores (seeds 42-46 and 49-50, new to
 # the chain), time PROBE bf16 steps to learn the step rate, then train with a cosine schedule sized to end inside
-# BUDGET seconds, and write the model in float16 (as the checkpoint folder holds it) to EXPORT.
+# BUDGET seconds, and write the model in float16 to EXPORT. Checkpoints are not committed: INIT is a run's model
+# folder (e.g. runs/read11/model; reports/training/nano-ocr/README.md says how to make one).
 #
-#   EXPORT=/tmp/gpu-model BUDGET=480 bash research/nano-ocr/continue_gpu.sh
-#   DIV=400 BUDGET=300 BATCH=4 WORKERS=1 PROBE=20 PRECISION=no bash research/nano-ocr/continue_gpu.sh  # CPU smoke test
+#   INIT=runs/read11/model EXPORT=/tmp/gpu-model BUDGET=480 bash research/nano-ocr/continue_gpu.sh
+#   INIT=... DIV=400 BUDGET=300 BATCH=4 WORKERS=1 PROBE=20 PRECISION=no bash research/nano-ocr/continue_gpu.sh  # CPU smoke test
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 START=$(date +%s)
+INIT=${INIT:?set INIT to the model folder to continue from (checkpoints are not committed)}
+[ -f "$INIT/config.json" ] || { echo "error: INIT=$INIT has no config.json" >&2; exit 2; }
 BUDGET=${BUDGET:-480}             # seconds for all of it, data and export included
 DIV=${DIV:-1}                     # divides every sample count
 BATCH=${BATCH:-128}
@@ -42,7 +45,7 @@ SOURCES="[{path: $D/blocks-en-s42, weight: 0.35}, {path: $D/blocks-en-anywhere-s
   {path: $D/lines-en-small-anywhere-s44, weight: 0.15}, {path: $D/words-en-anywhere-s45, weight: 0.08},
   {path: $D/lines-en-anywhere-s46, weight: 0.08}, {path: $D/charts-bar-s49, weight: 0.14},
   {path: $D/natural-s50, weight: 0.05}]"
-COMMON=(init.checkpoint=reports/training/nano-ocr/checkpoint "data.sources=$SOURCES" data.eval_sources=[]
+COMMON=(init.checkpoint=$INIT "data.sources=$SOURCES" data.eval_sources=[]
   data.max_length=448 data.num_workers=$WORKERS train.batch_size=$BATCH train.global_batch_size=$BATCH
   "train.mixed_precision='$PRECISION'" optim.lr=$LR optim.min_lr=4e-5 optim.warmup_steps=200 train.seed=7)
 vary train run nano-ocr-read "${COMMON[@]}" train.max_steps=$PROBE train.output_dir=$RUN-probe train.save_every=100000

@@ -56,7 +56,7 @@ def generate_command(
     shard_range: str | None = typer.Option(None, "--shard-range", help="A:B: make only shards A..B-1 (array jobs)"),
     input_dir: Path | None = typer.Option(None, "--input-dir", help="folder of PDFs (pdf) or photos (natural)"),
     size: int = typer.Option(1024, "--size", help="longest image side in pixels"),
-    option: list[str] = typer.Option([], "--option", "-o", help="source option key=value (repeatable)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="generator option key=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Generate shards. Rerunning with the same arguments completes only the missing shards."""

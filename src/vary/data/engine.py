@@ -1,4 +1,4 @@
-"""The data engine: runs a source over an index range with worker processes and writes shards + manifest.
+"""The data engine: runs a generator over an index range with worker processes and writes shards + manifest.
 
 Work is split into *series* (one per kind and language, e.g. pages-en) and each series into shards of
 `shard_size` consecutive indices. Properties the rest of the project relies on:
@@ -33,9 +33,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vary.data.generators import get_generator_class
 from vary.data.sample import Sample, SkipSample
 from vary.data.shards import ShardWriter, encode_sample, remove_stale_temporaries, shard_name
-from vary.data.sources import get_source_class
 
 MANIFEST = "manifest.json"
 PARTS = ".parts"
@@ -74,11 +74,11 @@ class GenerateReport:
 
 @dataclass
 class _Series:
-    """One kind+language stream of indices and the source that fills it."""
+    """One kind+language stream of indices and the generator that fills it."""
 
     kind: str
-    lang: str  # label used in shard names and keys: en, zh, or mix (sources that detect language)
-    source: Any
+    lang: str  # label used in shard names and keys: en, zh, or mix (generators that detect language)
+    generator: Any
     identity: dict[str, Any]
 
     @property
@@ -87,11 +87,11 @@ class _Series:
 
     @property
     def num_shards(self) -> int:
-        return math.ceil(len(self.source) / self.identity["shard_size"])
+        return math.ceil(len(self.generator) / self.identity["shard_size"])
 
     def shard_indices(self, shard: int) -> range:
         k = self.identity["shard_size"]
-        return range(shard * k, min((shard + 1) * k, len(self.source)))
+        return range(shard * k, min((shard + 1) * k, len(self.generator)))
 
 
 # ---- public API ----------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def generate(cfg: GenerateConfig) -> GenerateReport:
     report = GenerateReport()
     for s in series:
         _check_or_record_series(parts, s)
-        report.skipped.extend({"series": s.name, **x} for x in getattr(s.source, "skipped", []))
+        report.skipped.extend({"series": s.name, **x} for x in getattr(s.generator, "skipped", []))
 
     # Pending work: (series number, shard number) pairs, in order.
     todo: list[tuple[int, int]] = []
@@ -187,7 +187,7 @@ def _build_series(cfg: GenerateConfig) -> list[_Series]:
     if cfg.count is not None and cfg.count < 0:
         raise DataEngineError(f"--count must be >= 0, got {cfg.count}")
     try:
-        cls = get_source_class(cfg.kind)
+        cls = get_generator_class(cfg.kind)
     except KeyError as e:
         raise DataEngineError(str(e.args[0])) from None
     if cfg.input_dir is not None and not Path(cfg.input_dir).is_dir():
@@ -200,7 +200,7 @@ def _build_series(cfg: GenerateConfig) -> list[_Series]:
         else:  # first language gets the odd one
             plan = [(lg, cfg.count // len(split) + (i < cfg.count % len(split))) for i, lg in enumerate(split)]
     elif cfg.lang not in langs:
-        raise DataEngineError(f"source {cfg.kind!r} makes languages {', '.join(langs)}; got --lang {cfg.lang}")
+        raise DataEngineError(f"generator {cfg.kind!r} makes languages {', '.join(langs)}; got --lang {cfg.lang}")
     else:
         plan = [(cfg.lang, cfg.count)]
 
@@ -210,7 +210,7 @@ def _build_series(cfg: GenerateConfig) -> list[_Series]:
         if cfg.input_dir is not None:
             kwargs["input_dir"] = Path(cfg.input_dir)
         try:
-            source = cls(**kwargs)
+            generator = cls(**kwargs)
         except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
             raise DataEngineError(f"{cfg.kind} ({lang}): {e}") from e
         identity = {
@@ -218,13 +218,13 @@ def _build_series(cfg: GenerateConfig) -> list[_Series]:
             "lang": lang,
             "seed": cfg.seed,
             "count": count,
-            "samples_planned": len(source),
+            "samples_planned": len(generator),
             "size": cfg.size,
             "shard_size": cfg.shard_size,
             "options": {k: cfg.options[k] for k in sorted(cfg.options)},
             "input_dir": str(Path(cfg.input_dir).resolve()) if cfg.input_dir is not None else None,
         }
-        series.append(_Series(cfg.kind, lang, source, identity))
+        series.append(_Series(cfg.kind, lang, generator, identity))
     return series
 
 
@@ -240,15 +240,15 @@ def _check_or_record_series(parts: Path, s: _Series) -> None:
                 f"(old, new): {diff}. Use a new --out folder or the same arguments to resume."
             )
         return
-    describe = getattr(s.source, "describe", None)
+    describe = getattr(s.generator, "describe", None)
     _atomic_write_json(
         path,
         {
             "name": s.name,
             "identity": s.identity,
             "num_shards": s.num_shards,
-            "source": describe() if describe else {},
-            "skipped_inputs": list(getattr(s.source, "skipped", [])),
+            "generator": describe() if describe else {},
+            "skipped_inputs": list(getattr(s.generator, "skipped", [])),
             "versions": _versions(),
         },
     )
@@ -259,20 +259,22 @@ def _check_or_record_series(parts: Path, s: _Series) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(sources: list[Any], seed: int, formats: list[str]) -> None:
-    _WORKER.update(sources=sources, seed=seed, formats=formats)
+def _init_worker(generators: list[Any], seed: int, formats: list[str]) -> None:
+    _WORKER.update(generators=generators, seed=seed, formats=formats)
 
 
 def _make_one(task: tuple[int, str, str, int]) -> tuple[str, Any]:
     """Make and encode one sample: ("ok", members) or ("skip", reason)."""
     si, kind, lang, index = task
-    source = _WORKER["sources"][si]
+    generator = _WORKER["generators"][si]
     try:
-        sample: Sample = source.make(index, sample_rng(_WORKER["seed"], kind, lang, index))
+        sample: Sample = generator.make(index, sample_rng(_WORKER["seed"], kind, lang, index))
     except SkipSample as e:
         return "skip", str(e) or "skipped"
     except Exception as e:
-        raise RuntimeError(f"source {kind!r} failed on {sample_key(kind, lang, index)}: {type(e).__name__}: {e}") from e
+        raise RuntimeError(
+            f"generator {kind!r} failed on {sample_key(kind, lang, index)}: {type(e).__name__}: {e}"
+        ) from e
     sample.key = sample_key(kind, lang, index)
     return "ok", (sample.lang, encode_sample(sample, _WORKER["formats"][si]))
 
@@ -282,15 +284,15 @@ def _run(cfg: GenerateConfig, series: list[_Series], todo: list[tuple[int, int]]
         return
     total = sum(len(series[si].shard_indices(sh)) for si, sh in todo)
     tasks = ((si, series[si].kind, series[si].lang, i) for si, sh in todo for i in series[si].shard_indices(sh))
-    sources = [s.source for s in series]
-    formats = [getattr(s.source, "image_format", "png") for s in series]
+    generators = [s.generator for s in series]
+    formats = [getattr(s.generator, "image_format", "png") for s in series]
     pool = None
     if cfg.workers > 1:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(cfg.workers, _init_worker, (sources, cfg.seed, formats))
+        pool = mp.get_context(method).Pool(cfg.workers, _init_worker, (generators, cfg.seed, formats))
         results = pool.imap(_make_one, tasks, chunksize=max(1, min(16, total // (cfg.workers * 8))))
     else:
-        _init_worker(sources, cfg.seed, formats)
+        _init_worker(generators, cfg.seed, formats)
         results = map(_make_one, tasks)
 
     bar = tqdm(total=total, unit="sample", desc=f"{cfg.kind}", disable=not cfg.progress, smoothing=0.1)

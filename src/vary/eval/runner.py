@@ -27,7 +27,7 @@ from vary.eval.baselines import Predictor, UnsupportedTask, get_predictor
 from vary.eval.datasets import EvalRecord, load_dataset
 from vary.eval.metrics import meteor_mode, score
 from vary.eval.report import write_outputs
-from vary.eval.results import EvalRun, summarize  # noqa: F401  (summarize: importable from here too)
+from vary.eval.results import EvalRun
 
 
 @dataclass

@@ -73,7 +73,7 @@ def check_pdf(path: Path) -> tuple[int, str | None]:
         return doc.page_count, None
 
 
-class PdfSource:
+class PdfGenerator:
     name = "pdf"
     langs = ("en", "zh", "mix")  # "mix": one series, each page's language detected
 

@@ -115,7 +115,7 @@ class _Block:
     continued: bool = False  # already begun in the previous column
 
 
-class PagesSource:
+class PagesGenerator:
     name = "pages"
     langs = ("en", "zh")
 

@@ -13,10 +13,10 @@ from PIL import Image
 
 from vary.data.engine import DataEngineError, GenerateConfig, generate
 from vary.data.fonts import FontNotFoundError, find_fonts, load_font
+from vary.data.generators import get_generator
+from vary.data.generators.pdf import detect_lang
+from vary.data.generators.tables import latex_escape
 from vary.data.shards import iter_shards
-from vary.data.sources import get_source
-from vary.data.sources.pdf import detect_lang
-from vary.data.sources.tables import latex_escape
 from vary.data.text import TextCorpus
 from vary.prompts import NATURE_SENTENCES
 
@@ -68,9 +68,9 @@ def _ink_bands(image: Image.Image, paper_margin: int = 60) -> int:
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_pages_1024_target_is_the_drawn_text(lang):
     """At full size: one band of ink per target line, and the text is in the page's language."""
-    source = get_source("pages", count=2, lang=lang, size=1024, columns="1")
+    generator = get_generator("pages", count=2, lang=lang, size=1024, columns="1")
     for index in range(2):
-        sample = source.make(index, random.Random(f"t{index}"))
+        sample = generator.make(index, random.Random(f"t{index}"))
         assert sample.image.height == 1024 and 700 <= sample.image.width <= 1024
         lines = [line for line in sample.target.split("\n") if line]
         assert len(lines) > 20 and len(sample.target) > 600  # a dense page
@@ -80,11 +80,11 @@ def test_pages_1024_target_is_the_drawn_text(lang):
 
 
 def test_pages_two_columns_and_determinism():
-    source = get_source("pages", count=3, lang="en", size=256, columns="2")
-    a, b = source.make(1, random.Random(5)), source.make(1, random.Random(5))
+    generator = get_generator("pages", count=3, lang="en", size=256, columns="2")
+    a, b = generator.make(1, random.Random(5)), generator.make(1, random.Random(5))
     assert a.target == b.target and a.image.tobytes() == b.image.tobytes()
     assert a.meta["columns"] == 2
-    assert source.make(1, random.Random(6)).target != a.target
+    assert generator.make(1, random.Random(6)).target != a.target
 
 
 # ---- tables ------------------------------------------------------------------------------------------
@@ -95,9 +95,9 @@ def _markdown_cells(md: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_tables_markdown_and_latex_describe_the_same_table(lang):
-    source = get_source("tables", count=4, lang=lang, size=512)
+    generator = get_generator("tables", count=4, lang=lang, size=512)
     for index in range(4):
-        s = source.make(index, random.Random(index))
+        s = generator.make(index, random.Random(index))
         md, tex = s.meta["markdown"], s.meta["latex"]
         assert s.target == (md if s.task == "table_markdown" else tex)
         cells = _markdown_cells(md)
@@ -174,7 +174,7 @@ def test_missing_input_folder_is_a_clear_error_and_writes_nothing(tmp_path):
 
 # ---- natural -----------------------------------------------------------------------------------------
 def test_natural_demo_photos_and_folder_with_bad_images(tmp_path):
-    demo = get_source("natural", count=3, size=128)
+    demo = get_generator("natural", count=3, size=128)
     s = demo.make(0, random.Random(0))
     assert s.target in NATURE_SENTENCES and s.task == "natural" and max(s.image.size) <= 128
     assert s.meta["file"].startswith("skimage:")

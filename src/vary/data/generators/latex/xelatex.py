@@ -12,10 +12,10 @@ import pymupdf
 from fontTools.ttLib import TTFont
 from PIL import Image
 
-from vary.data.sample import SkipSample
-from vary.data.sources.latex.templates import (
+from vary.data.generators.latex.templates import (
     CJK_FONTS,
 )
+from vary.data.sample import SkipSample
 
 
 class XelatexNotFoundError(RuntimeError):

@@ -58,7 +58,7 @@ class _Column:
     decimals: int = 1
 
 
-class TableSource:
+class TableGenerator:
     name = "tables"
     langs = ("en", "zh")
 

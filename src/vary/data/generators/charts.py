@@ -33,10 +33,9 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import fontManager
 from PIL import Image
 
-from vary.chart_answer import parse_chart_answer  # noqa: F401  (importable from here too)
 from vary.data.fonts import find_fonts
+from vary.data.generators import option_flag
 from vary.data.sample import Sample, SkipSample
-from vary.data.sources import option_flag
 from vary.data.text import TextCorpus
 from vary.prompts import CHART_ANSWER_PREFIX
 
@@ -510,7 +509,7 @@ def layout_problem(fig: Figure, labels: list) -> str | None:
     return None
 
 
-# --- the source ---------------------------------------------------------------------------------------
+# --- the generator ------------------------------------------------------------------------------------
 
 
 def _names(value: str | tuple | list) -> tuple[str, ...]:
@@ -519,7 +518,7 @@ def _names(value: str | tuple | list) -> tuple[str, ...]:
     return tuple(x.strip() for x in items if x.strip())
 
 
-class ChartSource:
+class ChartGenerator:
     """Synthetic charts (bar, barh, line, pie, bar+line) in English or Chinese; task "chart".
 
     Images keep the chart's aspect ratio (square, 4:3, 16:9 or portrait) with the longest side `size`.
@@ -619,7 +618,7 @@ class ChartSource:
             matplotlib.rcParams.update(rc)
             fig.clf()
             fig.set_facecolor(matplotlib.rcParams["figure.facecolor"])
-            ratio = look.height_ratio  # the longest side is `size` pixels, as the source protocol asks
+            ratio = look.height_ratio  # the longest side is `size` pixels, as the generator protocol asks
             width_in = FIG_SIDE_IN if ratio <= 1 else FIG_SIDE_IN / ratio
             fig.set_dpi(self.size / FIG_SIDE_IN)
             fig.set_size_inches(width_in, width_in * ratio)

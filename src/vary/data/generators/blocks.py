@@ -2,7 +2,7 @@
 
 The easy end of the OCR curriculum, and what the bundled model is trained and scored on: a few lines of
 running text in one body font, large enough to read at a small model's input size (512 px by default).
-Line-break policy is the pages source's: every drawn line ends with "\\n" except the last, words are
+Line-break policy is the pages generator's: every drawn line ends with "\\n" except the last, words are
 separated by one space (English) or nothing (Chinese), no hyphenation is ever added.
 
 Options (all `--option key=value`):
@@ -35,10 +35,10 @@ from pathlib import Path
 from PIL import Image
 
 from vary.data.fonts import FONT_SPLITS, draw_text, find_fonts, font_covers, load_font, text_width
+from vary.data.generators import option_flag
+from vary.data.generators.pages import wrap_chars, wrap_words
 from vary.data.prose import ProseCorpus
 from vary.data.sample import Sample
-from vary.data.sources import option_flag
-from vary.data.sources.pages import wrap_chars, wrap_words
 from vary.data.text import TextCorpus
 
 
@@ -55,7 +55,7 @@ def _span(text: str | tuple, cast) -> tuple:
     return lo, hi
 
 
-class BlocksSource:
+class BlocksGenerator:
     name = "blocks"
     langs = ("en", "zh")
 

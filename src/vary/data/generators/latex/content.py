@@ -6,7 +6,7 @@ import math
 import random
 import re
 
-from vary.data.sources.latex.blocks import (
+from vary.data.generators.latex.blocks import (
     Block,
     Piece,
     display_block,
@@ -16,8 +16,8 @@ from vary.data.sources.latex.blocks import (
     table_block,
     tex_escape,
 )
-from vary.data.sources.latex.formulas import Formulas
-from vary.data.sources.latex.templates import (
+from vary.data.generators.latex.formulas import Formulas
+from vary.data.generators.latex.templates import (
     Template,
 )
 from vary.data.text import TextCorpus

@@ -7,7 +7,7 @@ import re
 import zlib
 from pathlib import Path
 
-from vary.data.sources.latex.blocks import (
+from vary.data.generators.latex.blocks import (
     Block,
     Piece,
     display_block,
@@ -16,7 +16,7 @@ from vary.data.sources.latex.blocks import (
     paragraph_block,
     table_block,
 )
-from vary.data.sources.latex.formulas import split_words
+from vary.data.generators.latex.formulas import split_words
 
 MATH_COMMANDS = frozenset(
     split_words(

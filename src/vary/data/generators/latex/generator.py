@@ -1,4 +1,4 @@
-"""`LatexSource`: the data-engine source that puts blocks on one xelatex page and reads its target back."""
+"""`LatexGenerator`: the data-engine generator that puts blocks on one xelatex page and reads its target back."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
-from vary.data.sample import Sample, SkipSample
-from vary.data.sources.latex.blocks import MARK, Block
-from vary.data.sources.latex.content import ContentMaker, estimate_lines, page_lines
-from vary.data.sources.latex.extract import extract_file
-from vary.data.sources.latex.templates import (
+from vary.data.generators.latex.blocks import MARK, Block
+from vary.data.generators.latex.content import ContentMaker, estimate_lines, page_lines
+from vary.data.generators.latex.extract import extract_file
+from vary.data.generators.latex.templates import (
     Template,
     available_templates,
     preamble,
 )
-from vary.data.sources.latex.xelatex import Xelatex, glyph_checker, read_marks, render_first_page
+from vary.data.generators.latex.xelatex import Xelatex, glyph_checker, read_marks, render_first_page
+from vary.data.sample import Sample, SkipSample
 from vary.data.text import TextCorpus
 
 
-class LatexSource:
+class LatexGenerator:
     """LaTeX-rendered pages (generated, or extracted from `input_dir` .tex files); task "markdown"."""
 
     name = "latex"

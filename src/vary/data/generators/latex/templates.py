@@ -163,7 +163,7 @@ def available_templates(names: list[str] | tuple[str, ...] | None = None) -> lis
     return [t for t in chosen if all(font_available(f) for f in t.fonts())]
 
 
-# \varymark{i} records at shipout the page on which block i ended (see source.py's fitting loop); the
+# \varymark{i} records at shipout the page on which block i ended (see generator.py's fitting loop); the
 # display and table macros take it as their second argument. \varydisplay/\varytable shrink a formula or table wider than the column instead of letting it overflow
 # the margin (overflowing text would be in the target but off the visible page).
 _MACROS = r"""

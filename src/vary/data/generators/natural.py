@@ -54,7 +54,7 @@ def skimage_photo_dir() -> Path:
     return Path(skimage.__file__).parent / "data"
 
 
-class NaturalSource:
+class NaturalGenerator:
     name = "natural"
     image_format = "jpg"
     langs = ("en",)
