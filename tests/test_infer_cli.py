@@ -90,6 +90,21 @@ def test_bundled_model_is_the_default(inputs, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(infer_cli, "bundled_model_dir", lambda: tiny_model_dir)
     result = invoke(inputs / "photo.png", *FAST)
     assert result.exit_code == 0, result.output
+    assert f"model: {tiny_model_dir.name} ({tiny_model_dir})" in " ".join(result.stderr.split())
+
+
+def test_the_cli_names_the_bundled_model_by_its_card(inputs, tiny_model_dir, monkeypatch, tmp_path):
+    import shutil
+
+    import vary.assets
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (folder / "MODEL_CARD.md").write_text("# vary-reader-test: a card\n")
+    monkeypatch.setattr(vary.assets, "MODEL_DIR", folder)
+    monkeypatch.setattr(infer_cli, "bundled_model_dir", lambda: folder)
+    result = invoke(inputs / "photo.png", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "model: bundled:vary-reader-test" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -80,10 +80,15 @@ def test_cli_show_and_its_error_exit_code():
 
 def test_freezable_parts_are_the_models_part_names():
     """Recipes check part names without a model (recipes.FREEZABLE); the model names its parts itself
-    (part_parameters). A Vary-tiny has every part but the CLIP branch's two."""
+    (part_parameters). A Vary-tiny has every part but the CLIP branch's two and the reading head; a reader
+    has a reading head and a conv vocabulary without SAM's two halves."""
     from conftest import tiny_config
     from vary.modeling.vary import VaryForCausalLM
     from vary.train.recipes import FREEZABLE
 
     parts = set(VaryForCausalLM(tiny_config(image_size=128)).part_parameters())
-    assert parts <= set(FREEZABLE) and set(FREEZABLE) - parts == {"clip", "projector_clip"}
+    assert parts <= set(FREEZABLE) and set(FREEZABLE) - parts == {"clip", "projector_clip", "reading_head"}
+    from test_reader import tiny_reader
+
+    reader = set(VaryForCausalLM(tiny_reader(64)).part_parameters())
+    assert reader == {"vision_vocab", "reading_head", "projector_vary", "lm"}

@@ -351,7 +351,9 @@ class VaryTrainDataset(Dataset):
         if features is not None and (augment is not None or len(features) != len(sources)):
             raise ValueError("vision features need one file per source and no augmentation")
         if line_labels and (augment is not None or features is not None):
-            raise ValueError("line labels (a reading head's targets) need the plain images: no augmentation or features")
+            raise ValueError(
+                "line labels (a reading head's targets) need the plain images: no augmentation or features"
+            )
         self.sources, self.processor, self.max_length = sources, processor, max_length
         # with a reading head: each sample also carries its grid rows' lines (line_labels_for)
         self.line_rows = processor.config.reading_grid[0] if line_labels else None
@@ -432,9 +434,11 @@ def line_labels_for(conv: Conversation, tokenizer, rows: int) -> list[list[int]]
 
     A line belongs to the band holding the vertical centre of its glyph boxes (blocks' `boxes=true`:
     meta["char_boxes"], one box per character of the answer, newlines left out). Samples without boxes
-    (charts, photos, pages) get NO_LINES rows and train only the decoder. Two lines in one band (type smaller
+    (charts, pages) get NO_LINES rows and train only the decoder; photographs get empty rows (no text). Two lines in one band (type smaller
     than a band, never in the recipes) are read as one, joined by a space.
     """
+    if conv.kind == "natural":  # a photograph holds no line: every row reads nothing
+        return [[] for _ in range(rows)]
     boxes = conv.meta.get("char_boxes")
     if not boxes:
         return no_line_labels(rows)

@@ -105,6 +105,7 @@ def ocr_command(
     page_failures: list = []
     try:
         pipeline = Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, quantize=quantize and quantize.value)
+        typer.echo(f"model: {pipeline.name} ({model_dir})", err=True)  # which model read the pages, always said
         start = time.perf_counter()
         records = ocr_documents(pipeline, documents, task.value, question, out, batch_size,
                                 errors=page_failures, max_new_tokens=max_new_tokens, **options)  # fmt: skip

@@ -47,7 +47,7 @@ from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
 from vary.modeling.quantize import cpu_has_native_bf16, is_quantized
 from vary.modeling.vary import VaryForCausalLM
-from vary.prompts import ask_prompt, box_to_grid, get_prompt_style
+from vary.prompts import PromptError, ask_prompt, box_to_grid, get_prompt_style
 from vary.templates import get_template
 
 TASKS = tuple(Task)  # plain text, markdown, chart -> dict, short answer to a question
@@ -157,7 +157,9 @@ class Pipeline:
         self.template = get_template(model.config.template)
         self.prompt_style = get_prompt_style(model.config.prompt_style)
         # Multi-crop mode by default for every call (each call may still choose); see VaryProcessor.crop_tensors.
-        self.prompt_style.check(None, crop=crop, model=name)
+        # (a reading-head model reads pages whole with crop on: its OCR needs no multi-crop prompt)
+        if getattr(model.config, "ocr_reader", "decoder") != "reading_head":
+            self.prompt_style.check(None, crop=crop, model=name)
         self.crop, self.max_tiles = crop, max_tiles
         self._lock = threading.Lock()  # one generate() at a time: the model is shared by threads (server)
 
@@ -229,6 +231,10 @@ class Pipeline:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         crop = self.crop if crop is None else crop
+        if self.reads_with_head(task):  # no prompt: the reading head reads any page size, crop or not
+            if box is not None or color is not None:
+                raise PromptError(f"{self.name} reads task ocr with its reading head, which takes no box or colour")
+            return ""
         self.prompt_style.check(task, box is not None, color, crop, model=self.name)
         if task == "ask":
             if not question or not question.strip():
@@ -296,8 +302,32 @@ class Pipeline:
         **overrides,
     ) -> list[Result]:
         """One batch: images + raw instructions -> one Result each. `overrides` replace GenerationSettings."""
+        if self.reads_with_head(task):
+            return self.read(images, crop, max_tiles)
         batch = self._batch(images, instructions, crop, max_tiles)  # raises ImageError before any model work
         return self._generate(batch, task, streamer, cancel, dataclasses.replace(self.settings, **overrides))
+
+    def reads_with_head(self, task: str) -> bool:
+        """Whether `task` is read by the model's reading head instead of the decoder (config.ocr_reader)."""
+        return task == "ocr" and getattr(self.model.config, "ocr_reader", "decoder") == "reading_head"
+
+    def read(self, images: list[ImageInput], crop: bool | None = None, max_tiles: int | None = None) -> list[Result]:
+        """Plain-text OCR with the reading head: one forward pass of the conv vocabulary per image, each grid row
+        read by best-path CTC (VaryForCausalLM.read_lines). With `crop`, the page is resized to the multi-crop
+        grid and read whole, so a line runs across its tiles; without it, the image is squashed to one tile."""
+        crop = self.crop if crop is None else crop
+        tok = self.processor.tokenizer
+        results = []
+        for image in images:  # pages differ in size under crop: one at a time (a forward pass, no decoding loop)
+            if crop:
+                pixels = self.processor.canvas_tensor(image, max_tiles or self.max_tiles)[0][None]
+            else:
+                pixels = self.processor.image_tensor(image)[None]
+            with self._lock, torch.inference_mode():
+                lines = self.model.read_lines(pixels.to(self.device))[0]
+            text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
+            results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
+        return results
 
     def _batch(self, images, instructions, crop: bool | None, max_tiles: int | None) -> dict[str, torch.Tensor]:
         crop = self.crop if crop is None else crop
@@ -444,9 +474,25 @@ class Pipeline:
         **overrides,
     ) -> TextStream:
         """Text chunks as they are generated; the final Result is `.result` once the stream is exhausted."""
+        if self.reads_with_head(task):  # one forward pass: the whole text is one chunk
+            return ReadStream(self.read([image], crop, max_tiles)[0])
         images, instructions = self.instructions([image], task, question, box, color, crop)
         batch = self._batch(images, instructions, crop, max_tiles)  # bad images fail here, not in the thread
         return TextStream(self, batch, task, dataclasses.replace(self.settings, **overrides))
+
+
+class ReadStream:
+    """A TextStream whose text is already read (the reading head): one chunk, nothing to cancel."""
+
+    def __init__(self, result: Result):
+        self.result = result
+
+    def __iter__(self) -> Iterator[str]:
+        if self.result.text:
+            yield self.result.text
+
+    def cancel(self) -> None:
+        pass
 
 
 class TextStream:

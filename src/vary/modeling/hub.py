@@ -258,7 +258,12 @@ def snapshot_repo(path: str | Path) -> str | None:
 
 
 def model_name(path: str | Path) -> str:
-    """A readable name for a resolved folder: `org/name@abc1234` for a hub snapshot, else the folder name."""
+    """A readable name for a resolved folder: `org/name@abc1234` for a hub snapshot, `bundled:NAME` for the
+    model inside the package (its MODEL_CARD.md's title), else the folder name."""
+    from vary.assets import bundled_model_name
+
+    if (bundled := bundled_model_name(path)) is not None:
+        return f"bundled:{bundled}"
     repo_id = snapshot_repo(path)
     return f"{repo_id}@{Path(path).resolve().name[:7]}" if repo_id else Path(path).name
 

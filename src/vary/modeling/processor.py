@@ -167,15 +167,22 @@ class VaryProcessor:
             image = image.resize((size, size), _RESAMPLE[self.config.image_resample])
         return normalize(image, self.config.image_mean, self.config.image_std)
 
+    def canvas_tensor(self, image: ImageInput, max_tiles: int = DEFAULT_MAX_TILES) -> tuple[torch.Tensor, int, int]:
+        """The image resized to the multi-crop tile grid as one tensor: ((3, rows*S, columns*S), columns, rows).
+        A conv vocabulary's reading head reads it whole (its grid rows run across the tiles)."""
+        size = self.config.image_size
+        image = load_image(image, self.max_pixels)
+        columns, rows = tile_grid(image.width, image.height, size, max_tiles)
+        grid = image.resize((columns * size, rows * size), _RESAMPLE[self.config.image_resample])
+        return normalize(grid, self.config.image_mean, self.config.image_std), columns, rows
+
     def crop_tensors(self, image: ImageInput, max_tiles: int = DEFAULT_MAX_TILES) -> torch.Tensor:
         """Multi-crop input: (n, 3, S, S), the grid's tiles row by row, then a thumbnail when n > 1 (GOT's order)."""
         size = self.config.image_size
         image = load_image(image, self.max_pixels)
-        columns, rows = tile_grid(image.width, image.height, size, max_tiles)
-        resample = _RESAMPLE[self.config.image_resample]
-        grid = image.resize((columns * size, rows * size), resample)
         # Normalise the grid once and cut it into tiles with a view: (3, rows*S, cols*S) -> (rows*cols, 3, S, S).
-        tiles = normalize(grid, self.config.image_mean, self.config.image_std)
+        tiles, columns, rows = self.canvas_tensor(image, max_tiles)
+        resample = _RESAMPLE[self.config.image_resample]
         tiles = tiles.view(3, rows, size, columns, size).permute(1, 3, 0, 2, 4).reshape(-1, 3, size, size)
         if columns * rows == 1:
             return tiles

@@ -110,7 +110,8 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable(self.clip)):
             clip_out = self.clip(pixel_values_clip.to(self.projector_clip.weight.dtype), output_hidden_states=True)
             clip_features = clip_out.hidden_states[self.config.vision_select_layer][:, 1:]  # drop CLS: (N, 256, 1024)
-        return torch.cat([self.projector_clip(clip_features), features], dim=-1), grid  # CLIP first, as the official code
+        both = torch.cat([self.projector_clip(clip_features), features], dim=-1)  # CLIP first, as the official code
+        return both, grid
 
     def splice_image_features(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor
@@ -214,7 +215,8 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         """As nn.Module.train, but a frozen vision branch stays in eval mode (as BLIP-2 keeps its frozen ViT):
         it is a fixed feature extractor, so no dropout, and on a CPU it can take the fast inference path."""
         super().train(mode)
-        for branch in (self.vision_vocab, getattr(self.vision_vocab, "encoder", None), self.clip):  # see part_parameters
+        sam_trunk = getattr(self.vision_vocab, "encoder", None)  # see part_parameters
+        for branch in (self.vision_vocab, sam_trunk, self.clip):
             if branch is not None and not trainable(branch):
                 branch.eval()
         return self

@@ -287,7 +287,8 @@ class BatchedPipeline(Pipeline):
     def generate(
         self, images, instructions, task="", streamer=None, cancel=None, crop=None, max_tiles=None, **overrides
     ) -> list[Result]:
-        if streamer is not None:  # a transformers streamer follows a single sequence: run alone
+        # a transformers streamer follows a single sequence, and the reading head decodes nothing: run alone
+        if streamer is not None or self.reads_with_head(task):
             return super().generate(images, instructions, task, streamer, cancel, crop, max_tiles, **overrides)
         if isinstance(instructions, str):
             instructions = [instructions] * len(images)

@@ -21,8 +21,16 @@ import yaml
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # configs/ beside src/ (editable install)
 SCHEDULERS = ("cosine", "linear", "constant")
-FREEZABLE = ("vision_vocab", "vision_encoder", "vision_downsample", "reading_head", "clip", "projector_vary", "projector_clip",
-             "lm")
+FREEZABLE = (
+    "vision_vocab",
+    "vision_encoder",
+    "vision_downsample",
+    "reading_head",
+    "clip",
+    "projector_vary",
+    "projector_clip",
+    "lm",
+)
 TOKENIZER_TYPES = ("bpe", "chars")  # what model.tokenizer_type may ask vary.train.init.train_tokenizer for
 
 

@@ -1,0 +1,265 @@
+"""The reader design (preset "reader"): conv vision vocabulary, CTC reading head, line labels from glyph boxes,
+training with both losses, and OCR through the reading head in the pipeline."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from vary.config import preset
+from vary.data.dataset import NO_LINES, Collator, Conversation, line_labels_for
+from vary.data.generators.blocks import BlocksGenerator
+from vary.infer.pipeline import Pipeline
+from vary.modeling.conv_vocab import greedy_rows, line_ctc_loss, merge_rows
+from vary.modeling.processor import VaryProcessor
+from vary.modeling.tokenizer import train_char_tokenizer
+from vary.modeling.vary import VaryForCausalLM
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "中文文本识别，图表转换为字典。", "0123456789 ABCDEFGHIJ"]
+
+
+def tiny_reader(vocab_size: int, image_size: int = 64, **overrides):
+    """64 px -> a 4 x 8 grid -> 8 tokens; conv widths 8-16, a 2-layer LM of width 32."""
+    rows, columns = image_size // 16, image_size // 8
+    return preset(
+        "reader", vision_config=dict(image_size=image_size), **{"conv_channels": [8, 8, 16, 16], **overrides},
+        image_token_len=rows * columns // 4,
+        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
+                         word_embed_proj_dim=32, vocab_size=vocab_size, max_position_embeddings=256),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_char_tokenizer(TEXTS * 3, vocab_size=128)
+
+
+def test_config_checks_the_conv_shapes():
+    config = preset("reader")
+    assert config.reading_grid == (24, 48) and config.image_token_len == 288 and config.vision_feature_dim == 1024
+    with pytest.raises(ValueError, match="image_token_len=100"):
+        preset("reader", image_token_len=100)
+    with pytest.raises(ValueError, match="needs vision_encoder='conv'"):
+        preset("nano", reading_head=True)
+    with pytest.raises(ValueError, match="needs reading_head=true"):
+        preset("reader", reading_head=False, ocr_reader="reading_head")
+    with pytest.raises(ValueError, match="ocr_reader must be"):
+        preset("reader", ocr_reader="ctc")
+
+
+def test_grid_tokens_and_any_image_size(tokenizer):
+    model = VaryForCausalLM(tiny_reader(len(tokenizer))).eval()
+    vocab = model.vision_vocab
+    grid = vocab.grid(torch.randn(2, 3, 64, 64))
+    assert grid.shape == (2, 16, 4, 8)
+    tokens = vocab.pack(grid)
+    assert tokens.shape == (2, 8, 64)
+    # token 0 of row 1 holds cells 0..3 of grid row 1, channel-last in cell order
+    assert torch.equal(tokens[0, 2], grid[0, :, 1, 0:4].T.reshape(-1))
+    assert model.encode_images(torch.randn(2, 3, 64, 64)).shape == (2, 8, 32)
+    # the reading head reads a canvas of any size (a page read whole): 128 x 192 px -> 8 rows x 24 cells
+    assert vocab.grid(torch.randn(1, 3, 128, 192)).shape == (1, 16, 8, 24)
+    assert len(model.read_lines(torch.randn(1, 3, 128, 192))) == 1
+
+
+def blocks_conversation(lang: str, seed: int, size: int = 256, lines: str = "2-4", **options) -> Conversation:
+    source = BlocksGenerator(1, lang=lang, size=size, lines=lines, boxes=True, **{"font": "0.06-0.08", **options})
+    sample = source.make(0, random.Random(seed))
+    return Conversation("k", sample.image, [("", sample.target)], sample.kind, sample.meta)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_line_labels_put_each_line_on_the_row_of_its_centre(lang):
+    conv = blocks_conversation(lang, seed=3)
+    lines = conv.turns[0][1].split("\n")
+    tok = train_char_tokenizer([conv.turns[0][1]], vocab_size=512)
+    rows = line_labels_for(conv, tok, 16)
+    read = [(r, tok.decode(ids)) for r, ids in enumerate(rows) if ids]
+    assert [text for _, text in read] == lines
+    boxes, start = conv.meta["char_boxes"], 0
+    for (row, _), line in zip(read, lines, strict=True):
+        line_boxes = boxes[start : start + len(line)]
+        start += len(line)
+        centre = (min(b[1] for b in line_boxes) + max(b[3] for b in line_boxes)) / 2
+        assert row == int(centre / conv.image.height * 16)
+
+
+def test_line_labels_without_boxes_and_for_photographs():
+    tok = train_char_tokenizer(TEXTS, vocab_size=128)
+    page = Conversation("p", Image.new("L", (64, 64), 255), [("", "text")], "pages", {})
+    photo = Conversation("n", Image.new("RGB", (64, 64)), [("", "It's a photo.")], "natural", {})
+    assert line_labels_for(page, tok, 4) == [[NO_LINES]] * 4
+    assert line_labels_for(photo, tok, 4) == [[], [], [], []]
+    bad = blocks_conversation("en", seed=1)
+    bad.meta["char_boxes"] = bad.meta["char_boxes"][:-1]
+    with pytest.raises(Exception, match="line_boxes"):
+        line_labels_for(bad, tok, 4)
+
+
+def test_ctc_loss_leaves_out_unknown_rows_and_counts_characters():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 10, requires_grad=True)
+    labels = torch.full((2, 3, 4), -100)
+    labels[0, 1, :3] = torch.tensor([4, 5, 6])
+    labels[1, :, 0] = NO_LINES  # image 1: lines unknown
+    loss, chars = line_ctc_loss(logits, labels, blank=0)
+    assert chars == 3 and torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+    empty = torch.full((1, 3, 4), -100)
+    empty[0, :, 0] = NO_LINES
+    zero, n = line_ctc_loss(logits[:1], empty, blank=0)
+    assert n == 0 and float(zero.detach()) == 0.0
+
+
+def one_hot_rows(paths: list[list[int]], vocab: int = 10) -> torch.Tensor:
+    logits = torch.full((1, len(paths), len(paths[0]), vocab), -10.0)
+    for r, path in enumerate(paths):
+        for c, token in enumerate(path):
+            logits[0, r, c, token] = 10.0
+    return logits
+
+
+def test_greedy_rows_collapse_repeats_and_blanks():
+    logits = one_hot_rows([[0, 0, 0, 0, 0, 0], [3, 3, 0, 3, 4, 4], [0, 5, 0, 0, 6, 0]])
+    rows = greedy_rows(logits, blank=0)[0]
+    assert [(r, ids) for r, ids, _ in rows] == [(1, [3, 3, 4]), (2, [5, 6])]
+
+
+def test_merge_rows_keeps_distinct_neighbours_and_drops_a_duplicate():
+    lines = [(1, [3, 4, 5, 6], 0.9), (2, [3, 4, 5, 6], 0.95), (3, [7, 8, 9], 0.8), (5, [1, 2], 0.7)]
+    assert merge_rows(lines) == [[3, 4, 5, 6], [7, 8, 9], [1, 2]]
+
+
+def test_reading_head_learns_to_read_a_few_lines(tokenizer):
+    """CTC on the grid rows alone: a few dozen steps on 4 tiny images and the head reads them back exactly."""
+    torch.manual_seed(0)
+    convs = [blocks_conversation("en", seed=s, size=64, chars="2-3", font="0.2-0.25") for s in range(4)]
+    tok = train_char_tokenizer([c.turns[0][1] for c in convs], vocab_size=64)
+    model = VaryForCausalLM(tiny_reader(len(tok), image_size=64, conv_channels=[16, 16, 32, 32]))
+    processor = VaryProcessor(model.config, tok)
+    pixels = torch.stack([processor.image_tensor(c.image) for c in convs])
+    labels = [line_labels_for(c, tok, 4) for c in convs]
+    longest = max(len(row) for rows in labels for row in rows)
+    line_labels = torch.full((4, 4, longest), -100)
+    for i, rows in enumerate(labels):
+        for r, row in enumerate(rows):
+            line_labels[i, r, : len(row)] = torch.tensor(row)
+    params = [*model.vision_vocab.parameters(), *model.reading_head.parameters()]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    model.train()
+    for _ in range(100):
+        grid = model.vision_vocab.grid(pixels)
+        loss, _ = line_ctc_loss(model.reading_logits(grid), line_labels, blank=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    read = ["\n".join(tok.decode(ids) for ids in lines) for lines in model.read_lines(pixels)]
+    assert read == [c.turns[0][1] for c in convs]
+
+
+def test_forward_adds_the_reading_loss_and_the_collator_pads_line_labels(tokenizer):
+    model = VaryForCausalLM(tiny_reader(len(tokenizer)))
+    processor = VaryProcessor(model.config, tokenizer)
+
+    class Items:  # Collator only needs the dataset for blank examples
+        pass
+
+    examples = []
+    for rows in ([[7, 8], [], [], []], [[NO_LINES]] * 4):
+        batch = processor([Image.new("RGB", (64, 64), "white")], "", crop=False)
+        examples.append({"input_ids": batch["input_ids"][0].tolist(), "labels": batch["input_ids"][0].tolist(),
+                         "truncated": False, "pixel_values": batch["pixel_values"][0], "line_labels": rows})  # fmt: skip
+    batch = Collator(Items(), pad_token_id=0)(examples)
+    assert batch["line_labels"].shape == (2, 4, 2)
+    assert batch["line_labels"][0, 0].tolist() == [7, 8] and batch["line_labels"][1, 2].tolist() == [NO_LINES, -100]
+    batch.pop("stats")
+    out = model(**batch)
+    assert out["reading_chars"] == 2 and torch.isfinite(out["reading_loss"])
+    out["reading_loss"].backward()
+    assert model.reading_head.weight.grad.abs().sum() > 0
+    assert next(model.vision_vocab.parameters()).grad.abs().sum() > 0
+    assert model.language_model.get_input_embeddings().weight.grad is None  # the CTC loss never reaches the LM
+
+
+@pytest.fixture()
+def reader_pipeline(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = VaryForCausalLM(tiny_reader(len(tokenizer), ocr_reader="reading_head")).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return Pipeline.from_pretrained(tmp_path, max_new_tokens=4)
+
+
+def test_pipeline_reads_ocr_with_the_head_and_other_tasks_with_the_decoder(reader_pipeline):
+    pipe = reader_pipeline
+    image = Image.new("RGB", (64, 64), "white")
+    pixels = pipe.processor.image_tensor(image)[None]
+    expected = "\n".join(pipe.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                         for ids in pipe.model.read_lines(pixels)[0])  # fmt: skip
+    result = pipe.ocr(image)
+    assert result.text == expected and result.task == "ocr"
+    assert "".join(pipe.stream(image, "ocr")) == expected
+    # crop: the page is read whole at the tile grid's size (a 64 x 128 image -> 1 x 2 tiles -> 64 x 128 px)
+    tall = Image.new("RGB", (64, 128), "white")
+    canvas, columns, rows = pipe.processor.canvas_tensor(tall)
+    assert canvas.shape == (3, 128, 64) and (columns, rows) == (1, 2)
+    assert pipe.run(tall, "ocr", crop=True).task == "ocr"
+    # markdown has no reading head: it generates (at most max_new_tokens tokens)
+    assert pipe.run(image, "markdown").num_tokens <= 4
+
+
+# --- training with both losses -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def block_shards(tmp_path_factory):
+    from vary.data.engine import GenerateConfig, generate
+
+    out = tmp_path_factory.mktemp("blocks") / "en"
+    generate(GenerateConfig("blocks", out, count=12, size=64, progress=False,
+                            options={"boxes": "true", "chars": "2-3", "font": "0.2-0.25"}))  # fmt: skip
+    return out
+
+
+def reader_recipe(path, data, out, model_config=None, **data_options):
+    import yaml
+
+    config = model_config or {
+        "vision_config": {"image_size": 64}, "conv_channels": [8, 8, 16, 16], "image_token_len": 8,
+        "text_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "ffn_dim": 64,
+                        "word_embed_proj_dim": 32, "vocab_size": 64, "max_position_embeddings": 256},
+    }  # fmt: skip
+    recipe = {
+        "model": {"preset": "reader", "config": config, "tokenizer_type": "chars"},
+        "data": {"sources": [{"path": str(data)}], "max_length": 48, "augment": False, "line_labels": True,
+                 **data_options},
+        "optim": {"lr": 2e-3, "warmup_steps": 1},
+        "train": {"output_dir": str(out), "batch_size": 4, "global_batch_size": 4, "max_steps": 3, "save_every": 3},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_trainer_logs_the_reading_loss_and_refuses_what_cannot_train_it(tmp_path, block_shards):
+    from vary.train.recipes import RecipeError, load_recipe
+    from vary.train.trainer import Trainer, read_log
+
+    recipe = reader_recipe(tmp_path / "r.yaml", block_shards, tmp_path / "run")
+    Trainer(load_recipe(recipe), progress=False).train()
+    log = read_log(tmp_path / "run" / "log.jsonl")
+    assert len(log) == 3 and all(r["reading_loss"] > 0 for r in log)
+    model = VaryForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert model.reading_head is not None and model.config.vision_encoder == "conv"
+
+    with pytest.raises(RecipeError, match="data.line_labels needs the plain images"):
+        load_recipe(reader_recipe(tmp_path / "a.yaml", block_shards, tmp_path / "a", augment=True))
+    no_head = {"vision_config": {"image_size": 64}, "reading_head": False, "conv_channels": [8, 8, 16, 16],
+               "image_token_len": 8}  # fmt: skip
+    with pytest.raises(RecipeError, match="has none"):
+        Trainer(load_recipe(reader_recipe(tmp_path / "b.yaml", block_shards, tmp_path / "b", no_head)),
+                progress=False).train()  # fmt: skip
