@@ -432,32 +432,41 @@ def no_line_labels(rows: int) -> list[list[int]]:
 def line_labels_for(conv: Conversation, tokenizer, rows: int) -> list[list[int]]:
     """Each of `rows` horizontal bands' line of text as token ids ([] = no line), for a reading head's CTC loss.
 
-    A line belongs to the band holding the vertical centre of its glyph boxes (blocks' `boxes=true`:
-    meta["char_boxes"], one box per character of the answer, newlines left out). Samples without boxes
-    (charts, pages) get NO_LINES rows and train only the decoder; photographs get empty rows (no text). Two lines in one band (type smaller
-    than a band, never in the recipes) are read as one, joined by a space.
+    A band reads the line whose glyph boxes (blocks' `boxes=true`: meta["char_boxes"], one box per character
+    of the answer, newlines left out) span the band's centre, the nearest line's centre winning where two
+    lines' boxes overlap; a line too short to span a band centre takes the band of its own centre. So a line
+    of type taller than a band is read by each band it covers (inference merges such repeats), and the head
+    need not learn which of two nearly equal bands is "the" line's: with one band per line, it sat at
+    all-blank output for hundreds of steps (reports/training/reader). Samples without boxes (charts, pages)
+    get NO_LINES rows and train only the decoder; photographs get empty rows (no text).
     """
     if conv.kind == "natural":  # a photograph holds no line: every row reads nothing
         return [[] for _ in range(rows)]
     boxes = conv.meta.get("char_boxes")
     if not boxes:
         return no_line_labels(rows)
-    height = conv.image.size[1] if hasattr(conv.image, "size") else None
     answer = conv.turns[-1][1]
     lines = answer.split("\n")
-    if height is None or sum(len(line) for line in lines) != len(boxes):
+    if not hasattr(conv.image, "size") or sum(len(line) for line in lines) != len(boxes):
         raise SkipSample.because("line_boxes", f"sample {conv.key}: {len(boxes)} boxes for {len(answer)} characters")
-    out: list[list[int]] = [[] for _ in range(rows)]
-    start = 0
+    band = conv.image.size[1] / rows
+    spans, start = [], 0  # (top, bottom, token ids) per drawn line
     for line in lines:
         line_boxes = boxes[start : start + len(line)]
         start += len(line)
-        if not line.strip():
-            continue
-        top, bottom = min(b[1] for b in line_boxes), max(b[3] for b in line_boxes)
-        row = min(rows - 1, max(0, int((top + bottom) / 2 / height * rows)))
-        ids = tokenizer.encode(line, add_special_tokens=False)
-        out[row] = [*out[row], *tokenizer.encode(" ", add_special_tokens=False), *ids] if out[row] else ids
+        if line.strip():
+            top, bottom = min(b[1] for b in line_boxes), max(b[3] for b in line_boxes)
+            spans.append((top, bottom, tokenizer.encode(line, add_special_tokens=False)))
+    out: list[list[int]] = [[] for _ in range(rows)]
+    for r in range(rows):
+        y = (r + 0.5) * band
+        inside = [s for s in spans if s[0] <= y <= s[1]]
+        if inside:
+            out[r] = min(inside, key=lambda s: abs((s[0] + s[1]) / 2 - y))[2]
+    for top, bottom, ids in spans:
+        if not any(row is ids for row in out):
+            r = min(rows - 1, max(0, int((top + bottom) / 2 / band)))
+            out[r] = out[r] or ids
     return out
 
 
