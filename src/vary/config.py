@@ -70,10 +70,12 @@ class VaryConfig(PreTrainedConfig):
     vision_encoder: str = "sam"
     conv_channels: list[int] | tuple[int, ...] = (32, 64, 128, 256)
     conv_token_columns: int = 4  # grid cells of a row packed into one token for the decoder
-    # A linear CTC head on the conv grid (conv only): trained on each row's line of text, and a second way to
-    # read a page (`ocr_reader`), without the decoder.
+    # A linear head on the conv grid (conv only) naming the character under each of `reading_frames` frames per
+    # cell (2: 4 px frames, room for the narrowest letters at the smallest trained type), trained on labels from
+    # glyph boxes; a second way to read a page (`ocr_reader`), without the decoder.
     reading_head: bool = False
-    # How task "ocr" is read: "decoder" (generate, as every Vary model) or "reading_head" (CTC rows).
+    reading_frames: int = 2
+    # How task "ocr" is read: "decoder" (generate, as every Vary model) or "reading_head" (one pass, no decoding).
     ocr_reader: str = "decoder"
 
     def __post_init__(self, **kwargs):
@@ -280,7 +282,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# reader: the CPU-trained bundled model. A conv vision vocabulary with a CTC reading head (384 px -> 24 rows x 48
+# reader: the CPU-trained bundled model. A conv vision vocabulary with a reading head (384 px -> 24 rows x 48
 # cells -> 288 tokens) feeding nano's decoder; one token per character (a chars tokenizer, English and Chinese).
 PRESETS["reader"] = dict(
     PRESETS["nano"],

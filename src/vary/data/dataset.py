@@ -355,8 +355,9 @@ class VaryTrainDataset(Dataset):
                 "line labels (a reading head's targets) need the plain images: no augmentation or features"
             )
         self.sources, self.processor, self.max_length = sources, processor, max_length
-        # with a reading head: each sample also carries its grid rows' lines (line_labels_for)
-        self.line_rows = processor.config.reading_grid[0] if line_labels else None
+        # with a reading head: each sample also carries its frames' labels (line_labels_for)
+        config = processor.config
+        self.line_grid = (config.reading_grid[0], config.reading_grid[1] * config.reading_frames) if line_labels else None
         self.augment, self.seed = augment, seed
         self.template = get_template(processor.config.template)
         self.with_clip = processor.config.clip_config is not None
@@ -391,8 +392,8 @@ class VaryTrainDataset(Dataset):
                 example["vision_features"] = self.features(source, record)
             if self.with_clip:
                 example["pixel_values_clip"] = self.processor.clip_tensor(image)
-            if self.line_rows is not None:
-                example["line_labels"] = line_labels_for(conv, self.processor.tokenizer, self.line_rows)
+            if self.line_grid is not None:
+                example["line_labels"] = line_labels_for(conv, self.processor.tokenizer, *self.line_grid)
         except SkipSample as skip:
             return skip
         except ImageError as err:
@@ -417,56 +418,78 @@ class VaryTrainDataset(Dataset):
         if self.with_clip:
             clip = self.processor.config.clip_image_size
             example["pixel_values_clip"] = torch.zeros(3, clip, clip)
-        if self.line_rows is not None:
-            example["line_labels"] = no_line_labels(self.line_rows)
+        if self.line_grid is not None:
+            example["line_labels"] = no_line_labels(*self.line_grid)
         return example
 
 
-NO_LINES = -2  # first label of every row of an image whose lines are unknown: the reading loss leaves it out
+def no_line_labels(rows: int, frames: int) -> torch.Tensor:
+    """Frame labels of an image whose lines are unknown: all -100, left out of the reading loss."""
+    return torch.full((rows, frames), IGNORE_INDEX, dtype=torch.long)
 
 
-def no_line_labels(rows: int) -> list[list[int]]:
-    return [[NO_LINES]] * rows
+def line_labels_for(conv: Conversation, tokenizer, rows: int, frames: int) -> torch.Tensor:
+    """(rows, frames) labels for a reading head: the token id of the character each frame shows, else the blank
+    (the tokenizer's pad id), for an image cut into `rows` bands of `frames` columns.
 
-
-def line_labels_for(conv: Conversation, tokenizer, rows: int) -> list[list[int]]:
-    """Each of `rows` horizontal bands' line of text as token ids ([] = no line), for a reading head's CTC loss.
-
-    A band reads the line whose glyph boxes (blocks' `boxes=true`: meta["char_boxes"], one box per character
-    of the answer, newlines left out) span the band's centre, the nearest line's centre winning where two
-    lines' boxes overlap; a line too short to span a band centre takes the band of its own centre. So a line
-    of type taller than a band is read by each band it covers (inference merges such repeats), and the head
-    need not learn which of two nearly equal bands is "the" line's: with one band per line, it sat at
-    all-blank output for hundreds of steps (reports/training/reader). Samples without boxes (charts, pages)
-    get NO_LINES rows and train only the decoder; photographs get empty rows (no text).
+    Each band reads the line whose glyph boxes (blocks' `boxes=true`: meta["char_boxes"], one box per character
+    of the answer, newlines left out) span the band's centre, the nearest line's centre winning where two lines'
+    boxes overlap; a line too short to span a band centre takes the band of its own centre. So a line of type
+    taller than a band is read by each band it covers (inference merges such repeats): with one band per line
+    the head sat at all-blank output for hundreds of steps. Within a band, a character labels the frames under
+    the middle half of its box (at least one frame; frames taken by its left neighbour are skipped), and two
+    equal letters side by side stay apart by a blank frame, so best-path decoding does not merge them. Samples without boxes (charts,
+    pages) are all -100 and train only the decoder; photographs are all blank (no text).
     """
-    if conv.kind == "natural":  # a photograph holds no line: every row reads nothing
-        return [[] for _ in range(rows)]
+    blank = tokenizer.pad_token_id or 0
+    if conv.kind == "natural":
+        return torch.full((rows, frames), blank, dtype=torch.long)
     boxes = conv.meta.get("char_boxes")
     if not boxes:
-        return no_line_labels(rows)
+        return no_line_labels(rows, frames)
     answer = conv.turns[-1][1]
     lines = answer.split("\n")
     if not hasattr(conv.image, "size") or sum(len(line) for line in lines) != len(boxes):
         raise SkipSample.because("line_boxes", f"sample {conv.key}: {len(boxes)} boxes for {len(answer)} characters")
-    band = conv.image.size[1] / rows
-    spans, start = [], 0  # (top, bottom, token ids) per drawn line
+    width, height = conv.image.size
+    band, frame = height / rows, width / frames
+    spans, start = [], 0  # (top, bottom, frame labels) per drawn line
     for line in lines:
         line_boxes = boxes[start : start + len(line)]
         start += len(line)
-        if line.strip():
-            top, bottom = min(b[1] for b in line_boxes), max(b[3] for b in line_boxes)
-            spans.append((top, bottom, tokenizer.encode(line, add_special_tokens=False)))
-    out: list[list[int]] = [[] for _ in range(rows)]
+        if not line.strip():
+            continue
+        ids = tokenizer.encode(line, add_special_tokens=False)
+        if len(ids) != len(line):
+            raise ValueError("reading-head labels need one token per character (model.tokenizer_type: chars)")
+        labels = torch.full((frames,), blank, dtype=torch.long)
+        previous, previous_last = None, -2
+        for token, (left, _, right, _) in zip(ids, line_boxes, strict=True):
+            quarter = (right - left) / 4
+            first = min(frames - 1, max(0, int((left + quarter) / frame)))
+            last = max(first, int((right - quarter) / frame))
+            if token == previous:  # keep a blank between equal letters, or decoding would merge them
+                first = max(first, previous_last + 2)
+            first = max(first, previous_last + 1)  # a frame shows one character
+            last = min(frames - 1, max(first, last))
+            if first < frames:
+                labels[first : last + 1] = token
+                previous, previous_last = token, last
+        top, bottom = min(b[1] for b in line_boxes), max(b[3] for b in line_boxes)
+        spans.append((top, bottom, labels))
+    out = torch.full((rows, frames), blank, dtype=torch.long)
+    taken = [None] * rows
     for r in range(rows):
         y = (r + 0.5) * band
         inside = [s for s in spans if s[0] <= y <= s[1]]
         if inside:
-            out[r] = min(inside, key=lambda s: abs((s[0] + s[1]) / 2 - y))[2]
-    for top, bottom, ids in spans:
-        if not any(row is ids for row in out):
-            r = min(rows - 1, max(0, int((top + bottom) / 2 / band)))
-            out[r] = out[r] or ids
+            taken[r] = min(inside, key=lambda s: abs((s[0] + s[1]) / 2 - y))
+            out[r] = taken[r][2]
+    for span in spans:
+        if not any(t is span for t in taken):
+            r = min(rows - 1, max(0, int((span[0] + span[1]) / 2 / band)))
+            if taken[r] is None:
+                taken[r], out[r] = span, span[2]
     return out
 
 
@@ -500,13 +523,8 @@ class Collator:
         for image_key in ("pixel_values", "vision_features", "pixel_values_clip"):
             if image_key in examples[0]:
                 batch[image_key] = torch.stack([x[image_key] for x in examples])
-        if "line_labels" in examples[0]:  # (N, rows, longest line), -100 after each row's line
-            longest = max(1, *(len(row) for x in examples for row in x["line_labels"]))
-            rows = len(examples[0]["line_labels"])
-            batch["line_labels"] = torch.full((len(examples), rows, longest), IGNORE_INDEX, dtype=torch.long)
-            for i, x in enumerate(examples):
-                for r, row in enumerate(x["line_labels"]):
-                    batch["line_labels"][i, r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        if "line_labels" in examples[0]:  # (N, rows, frames)
+            batch["line_labels"] = torch.stack([x["line_labels"] for x in examples])
         batch["stats"] = {"samples": num_samples, "truncated": sum(x["truncated"] for x in examples),
                           "skipped": dict(skipped), "skip_notes": notes[:5]}  # fmt: skip
         return batch

@@ -313,7 +313,7 @@ class Pipeline:
 
     def read(self, images: list[ImageInput], crop: bool | None = None, max_tiles: int | None = None) -> list[Result]:
         """Plain-text OCR with the reading head: one forward pass of the conv vocabulary per image, each grid row
-        read by best-path CTC (VaryForCausalLM.read_lines). With `crop`, the page is resized to the multi-crop
+        read on its best path (VaryForCausalLM.read_lines). With `crop`, the page is resized to the multi-crop
         grid and read whole, so a line runs across its tiles; without it, the image is squashed to one tile."""
         crop = self.crop if crop is None else crop
         tok = self.processor.tokenizer

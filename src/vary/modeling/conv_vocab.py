@@ -4,15 +4,16 @@ Vary's SAM ViT vocabulary, trained from scratch on a CPU through the decoder's l
 image-independent tokens (reports/training/prose-reader). This network is what OCR front ends have long used
 instead (CRNN, Shi et al. 2015): a small residual conv net whose output grid keeps text lines apart, with a
 direct, dense objective on it. Each grid row covers 16 px of the image and each column 8 px, so a row holds one
-line of text at up to one column per character; a linear *reading head* names each cell's character and is
-trained with CTC against the line whose centre falls in that row (hybrid CTC/attention, Watanabe et al. 2017).
-The image always shapes the features, and the head reads a page on its own, without the decoder.
+line of text; a linear *reading head* names the character under each of `reading_frames` sub-columns of every
+cell (4 px frames), trained with cross-entropy against labels that the glyph boxes of synthetic text give
+(vary.data.dataset.line_labels_for). The image always shapes the features, and the head reads a page on its
+own, without the decoder.
 
 The decoder sees the same grid packed into tokens: `token_columns` neighbouring cells of a row become one
 token (S/16 rows x S/32 tokens per row: 288 tokens at 384 px), so it reads rows left to right, top to bottom.
 
 image (N, 3, S, S) -> stem (stride 8, then stride 2 down only) -> grid (N, C, S/16, S/8)
-grid -> reading head -> (N, S/16, S/8, vocab) CTC logits, blank = the pad token
+grid -> reading head -> (N, S/16, S/8 * reading_frames, vocab) frame logits, blank = the pad token
 grid -> pack `token_columns` cells -> (N, S/16 * S/32, C * token_columns) tokens for the projector
 """
 
@@ -76,32 +77,25 @@ class ConvVisionVocabulary(nn.Module):
         return self.pack(self.grid(pixel_values))
 
 
-def line_ctc_loss(logits: torch.Tensor, line_labels: torch.Tensor, blank: int) -> tuple[torch.Tensor, int]:
-    """Sum over rows of the CTC loss of each grid row against the line it holds, and the characters counted.
+def reading_loss(logits: torch.Tensor, frame_labels: torch.Tensor, blank: int) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of every reading frame against its label, and the number of character frames.
 
-    logits (N, R, W, V); line_labels (N, R, L): each row's line as token ids, padded with -100; a row of only
-    -100 holds no line and is trained to all blanks; rows of images without line boxes are -100 everywhere
-    except a leading -2 (see vary.data.dataset.line_labels_for), and are left out.
+    logits (N, R, F, V); frame_labels (N, R, F): the character each frame shows (the middle of its glyph box),
+    `blank` between characters and on rows without a line, -100 where unknown (images without glyph boxes).
+    The alignment comes from the glyph boxes, so no CTC search is needed: CTC on the same rows sat at the
+    characters' prior for hundreds of steps (reports/training/reader).
     """
-    n, rows, width, vocab = logits.shape
-    labels = line_labels.flatten(0, 1)  # (N*R, L)
-    keep = labels[:, 0] != -2
+    keep = frame_labels != -100
     if not bool(keep.any()):
         return logits.sum() * 0.0, 0
-    log_probs = logits.flatten(0, 1)[keep].float().log_softmax(-1).transpose(0, 1)  # (W, rows kept, V)
-    labels = labels[keep]
-    lengths = (labels >= 0).sum(1)
-    targets = labels.clamp(min=0)
-    input_lengths = torch.full((labels.shape[0],), width, dtype=torch.long)
-    # zero_infinity: a line with more characters than the row has columns (tiny type) cannot be aligned; it
-    # gives no gradient instead of an infinite loss
-    loss = F.ctc_loss(log_probs, targets, input_lengths, lengths, blank=blank, reduction="sum", zero_infinity=True)
-    return loss, int(lengths.sum())
+    loss = F.cross_entropy(logits[keep].float(), frame_labels[keep], reduction="sum")
+    return loss, int((frame_labels[keep] != blank).sum())
 
 
 def greedy_rows(logits: torch.Tensor, blank: int) -> list[list[tuple[int, list[int], float]]]:
-    """Best-path CTC decoding of every row: per image, (row, token ids, mean confidence of the kept cells) for
-    each row that reads something. Vectorised over the batch; only the short id lists are built in Python."""
+    """Best-path decoding of every row (as CTC's: repeats merged, blanks dropped; a character's frames are the
+    middle of its glyph box, so neighbouring equal letters stay apart by a blank): per image, (row, token ids,
+    mean confidence of the kept frames) for each row that reads something. Vectorised over the batch; only the short id lists are built in Python."""
     probs = logits.float().softmax(-1)
     conf, best = probs.max(-1)  # (N, R, W)
     repeat = torch.zeros_like(best, dtype=torch.bool)
@@ -123,10 +117,12 @@ def merge_rows(rows: list[tuple[int, list[int], float]], same: float = 0.6) -> l
     Levenshtein similarity >= `same`), keep the more confident. Neighbouring rows that differ are two lines
     (dense type puts consecutive lines on consecutive rows), and real prose never repeats a line that closely."""
     lines: list[tuple[int, list[int], float]] = []
+    last_row = -2  # the last row merged into lines[-1] (a tall line spans several rows)
     for row in rows:
-        if lines and row[0] == lines[-1][0] + 1 and Levenshtein.normalized_similarity(row[1], lines[-1][1]) >= same:
+        if lines and row[0] == last_row + 1 and Levenshtein.normalized_similarity(row[1], lines[-1][1]) >= same:
             if row[2] > lines[-1][2]:
                 lines[-1] = row
-            continue
-        lines.append(row)
+        else:
+            lines.append(row)
+        last_row = row[0]
     return [ids for _, ids, _ in lines]

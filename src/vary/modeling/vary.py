@@ -14,7 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vary.config import VaryConfig
 from vary.modeling import fast
-from vary.modeling.conv_vocab import ConvVisionVocabulary, greedy_rows, line_ctc_loss, merge_rows
+from vary.modeling.conv_vocab import ConvVisionVocabulary, greedy_rows, merge_rows, reading_loss
 from vary.modeling.vision_vocab import VisionVocabulary, trainable
 
 
@@ -41,10 +41,9 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             self.vision_vocab = ConvVisionVocabulary(config.conv_channels, config.conv_token_columns)
         else:
             self.vision_vocab = VisionVocabulary(config.vision_config, config.downsample_channels)
-        # names each conv grid cell's character (CTC, blank = pad): see vary.modeling.conv_vocab
-        self.reading_head = (
-            nn.Linear(self.vision_vocab.out_channels, config.text_config.vocab_size) if config.reading_head else None
-        )
+        # names the character under each frame of the conv grid (blank = pad): see vary.modeling.conv_vocab
+        vocab, frames = config.text_config.vocab_size, config.reading_frames
+        self.reading_head = nn.Linear(self.vision_vocab.out_channels, frames * vocab) if config.reading_head else None
         self.projector_vary = nn.Linear(config.vision_feature_dim, config.projector_out_dim)
         self.projector_norm = nn.LayerNorm(config.projector_out_dim) if config.projector_norm else None
         self.clip = None
@@ -149,8 +148,8 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels` use -100 for positions without loss (prompt, image, padding); the LM shifts them.
-        `vision_features`: see encode_images. `line_labels` (N, rows, L): each grid row's line of text (see
-        conv_vocab.line_ctc_loss); with them the output also holds `reading_loss` (a sum over rows) and
+        `vision_features`: see encode_images. `line_labels` (N, rows, frames): each reading frame's character (see
+        conv_vocab.reading_loss); with them the output also holds `reading_loss` (a sum over frames) and
         `reading_chars`."""
         reading = line_labels is not None and self.reading_head is not None and pixel_values is not None
         grid = None
@@ -171,19 +170,20 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         if reading and grid is not None:
-            out["reading_loss"], out["reading_chars"] = line_ctc_loss(self.reading_logits(grid), line_labels,
-                                                                      self.config.text_config.pad_token_id)  # fmt: skip
+            out["reading_loss"], out["reading_chars"] = reading_loss(self.reading_logits(grid), line_labels,
+                                                                     self.config.text_config.pad_token_id)  # fmt: skip
         return out
 
     # --- the reading head (conv vocabulary only) ------------------------------------------------------
     def reading_logits(self, grid: torch.Tensor) -> torch.Tensor:
-        """(N, C, R, W) grid -> (N, R, W, vocab) CTC logits."""
-        return self.reading_head(grid.permute(0, 2, 3, 1))
+        """(N, C, R, W) grid -> (N, R, W * reading_frames, vocab) frame logits."""
+        n, _, rows, width = grid.shape
+        return self.reading_head(grid.permute(0, 2, 3, 1)).reshape(n, rows, width * self.config.reading_frames, -1)
 
     @torch.no_grad()
     def read_lines(self, pixel_values: torch.Tensor) -> list[list[list[int]]]:
         """Read each image with the reading head alone: per image, one token-id list per text line, top to
-        bottom (best-path CTC per grid row, see conv_vocab.greedy_rows / merge_rows)."""
+        bottom (best path per grid row, see conv_vocab.greedy_rows / merge_rows)."""
         if self.reading_head is None:
             raise ValueError("this model has no reading head (config.reading_head): read with generate()")
         grid = self.vision_vocab.grid(pixel_values.to(self.projector_vary.weight.dtype))

@@ -77,8 +77,8 @@ class DataRecipe:
     eval_sources: list[SourceRecipe] = field(default_factory=list)  # held-out shard folders scored during training
     eval_samples: int = 64  # the first N samples of each eval source
     vision_features: bool = False  # read the frozen vision vocabulary's outputs (`vary train features`), not images
-    # train the model's reading head too: each sample's lines from its glyph boxes (blocks' boxes=true), CTC per
-    # grid row (vary.modeling.conv_vocab); samples without boxes train only the decoder
+    # train the model's reading head too: each frame's character from the samples' glyph boxes (blocks' boxes=true,
+    # vary.data.dataset.line_labels_for); samples without boxes train only the decoder
     line_labels: bool = False
 
 
@@ -93,7 +93,7 @@ class OptimRecipe:
     min_lr: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     lr_scale: dict[str, float] = field(default_factory=dict)  # per-part lr multipliers, e.g. {vision_vocab: 0.1}
-    reading_loss_weight: float = 1.0  # the reading head's CTC loss (nats per row) beside the answer tokens' loss
+    reading_loss_weight: float = 1.0  # the reading head's loss (nats summed over frames) beside the answer tokens'
 
 
 @dataclass

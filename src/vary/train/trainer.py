@@ -414,7 +414,7 @@ class Trainer:
         # accelerate divides by the accumulation steps: multiply both back.
         scale = acc.num_processes * self.accumulation / max(tokens, 1.0)
         loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
-        self._reading = [0.0, 0]  # this process's CTC loss sum and line characters (logged per character)
+        self._reading = [0.0, 0]  # this process's reading-head loss sum and character frames (logged per frame)
         grad_norm = None
         try:  # the optimizer's first step allocates its state: it can run out of memory too
             for mb in micro:
@@ -456,7 +456,7 @@ class Trainer:
         out = self.model(**inputs, use_cache=False)
         loss = token_loss_sum(out.logits, labels)
         reading = out.get("reading_loss")
-        if reading is not None:  # the reading head's CTC (summed over rows) joins the answer tokens' loss sum
+        if reading is not None:  # the reading head's loss (summed over frames) joins the answer tokens' loss sum
             self._reading[0] += float(reading.detach())
             self._reading[1] += out["reading_chars"]
             self.accelerator.backward((loss + self.recipe.optim.reading_loss_weight * reading) * scale)
