@@ -357,7 +357,9 @@ class VaryTrainDataset(Dataset):
         self.sources, self.processor, self.max_length = sources, processor, max_length
         # with a reading head: each sample also carries its frames' labels (line_labels_for)
         config = processor.config
-        self.line_grid = (config.reading_grid[0], config.reading_grid[1] * config.reading_frames) if line_labels else None
+        self.line_grid = (
+            (config.reading_grid[0], config.reading_grid[1] * config.reading_frames) if line_labels else None
+        )
         self.augment, self.seed = augment, seed
         self.template = get_template(processor.config.template)
         self.with_clip = processor.config.clip_config is not None
