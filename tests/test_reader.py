@@ -224,15 +224,19 @@ def reader_pipeline(tokenizer, tmp_path):
     return Pipeline.from_pretrained(tmp_path, max_new_tokens=4)
 
 
-def test_pipeline_reads_ocr_with_the_head_and_other_tasks_with_the_decoder(reader_pipeline):
+def test_pipeline_reads_ocr_with_the_head_and_other_tasks_with_the_decoder(reader_pipeline, monkeypatch):
     pipe = reader_pipeline
     image = Image.new("RGB", (64, 64), "white")
     pixels = pipe.processor.image_tensor(image)[None]
     expected = "\n".join(pipe.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
                          for ids in pipe.model.read_lines(pixels)[0])  # fmt: skip
     result = pipe.ocr(image)
-    assert result.text == expected and result.task == "ocr"
-    assert "".join(pipe.stream(image, "ocr")) == expected
+    assert result.task == "ocr"
+    if expected:
+        assert result.text == expected
+    else:  # the head found no text: the decoder answered (at most max_new_tokens tokens)
+        assert 1 <= result.num_tokens <= 4
+    assert "".join(pipe.stream(image, "ocr")) == result.text
     # crop: the page is read whole at the tile grid's size (a 64 x 128 image -> 1 x 2 tiles -> 64 x 128 px)
     tall = Image.new("RGB", (64, 128), "white")
     canvas, columns, rows = pipe.processor.canvas_tensor(tall)
@@ -290,3 +294,16 @@ def test_trainer_logs_the_reading_loss_and_refuses_what_cannot_train_it(tmp_path
     with pytest.raises(RecipeError, match="has none"):
         Trainer(load_recipe(reader_recipe(tmp_path / "b.yaml", block_shards, tmp_path / "b", no_head)),
                 progress=False).train()  # fmt: skip
+
+
+def test_an_image_without_text_goes_to_the_decoder(reader_pipeline, monkeypatch):
+    pipe = reader_pipeline
+    image = Image.new("RGB", (64, 64), "white")
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels: [[] for _ in range(len(pixels))])
+    calls = []
+    generate = pipe._generate
+    monkeypatch.setattr(pipe, "_generate", lambda *a, **k: calls.append(a) or generate(*a, **k))
+    result = pipe.ocr(image)
+    assert len(calls) == 1 and 1 <= result.num_tokens <= 4  # generated, within max_new_tokens
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels: [[[7, 8]] for _ in range(len(pixels))])
+    assert pipe.ocr(image).text == pipe.processor.tokenizer.decode([7, 8]) and len(calls) == 1

@@ -303,7 +303,7 @@ class Pipeline:
     ) -> list[Result]:
         """One batch: images + raw instructions -> one Result each. `overrides` replace GenerationSettings."""
         if self.reads_with_head(task):
-            return self.read(images, crop, max_tiles)
+            return self.read(images, crop, max_tiles, **overrides)
         batch = self._batch(images, instructions, crop, max_tiles)  # raises ImageError before any model work
         return self._generate(batch, task, streamer, cancel, dataclasses.replace(self.settings, **overrides))
 
@@ -311,10 +311,14 @@ class Pipeline:
         """Whether `task` is read by the model's reading head instead of the decoder (config.ocr_reader)."""
         return task == "ocr" and getattr(self.model.config, "ocr_reader", "decoder") == "reading_head"
 
-    def read(self, images: list[ImageInput], crop: bool | None = None, max_tiles: int | None = None) -> list[Result]:
+    def read(self, images: list[ImageInput], crop: bool | None = None, max_tiles: int | None = None,
+             **overrides) -> list[Result]:  # fmt: skip
         """Plain-text OCR with the reading head: one forward pass of the conv vocabulary per image, each grid row
         read on its best path (VaryForCausalLM.read_lines). With `crop`, the page is resized to the multi-crop
-        grid and read whole, so a line runs across its tiles; without it, the image is squashed to one tile."""
+        grid and read whole, so a line runs across its tiles; without it, the image is squashed to one tile.
+
+        An image in which the head finds no text (a photograph) goes to the decoder instead, which answers as
+        Vary-tiny does (its nature sentence); `overrides` (GenerationSettings) apply to that generation."""
         crop = self.crop if crop is None else crop
         tok = self.processor.tokenizer
         results = []
@@ -327,6 +331,13 @@ class Pipeline:
                 lines = self.model.read_lines(pixels.to(self.device))[0]
             text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
             results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
+        textless = [i for i, result in enumerate(results) if not result.text.strip()]
+        if textless:
+            instruction = self.prompt_style.instruction("ocr", None, None, False, model=self.name)
+            batch = self._batch([images[i] for i in textless], instruction, False, None)
+            answers = self._generate(batch, "ocr", None, None, dataclasses.replace(self.settings, **overrides))
+            for i, answer in zip(textless, answers, strict=True):
+                results[i] = answer
         return results
 
     def _batch(self, images, instructions, crop: bool | None, max_tiles: int | None) -> dict[str, torch.Tensor]:
@@ -475,7 +486,7 @@ class Pipeline:
     ) -> TextStream:
         """Text chunks as they are generated; the final Result is `.result` once the stream is exhausted."""
         if self.reads_with_head(task):  # one forward pass: the whole text is one chunk
-            return ReadStream(self.read([image], crop, max_tiles)[0])
+            return ReadStream(self.read([image], crop, max_tiles, **overrides)[0])
         images, instructions = self.instructions([image], task, question, box, color, crop)
         batch = self._batch(images, instructions, crop, max_tiles)  # bad images fail here, not in the thread
         return TextStream(self, batch, task, dataclasses.replace(self.settings, **overrides))

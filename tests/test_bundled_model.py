@@ -1,0 +1,49 @@
+"""The model shipped in the package: small, float16 on disk, used without --model, and reading the example page.
+
+The thresholds are the shipped model's measured scores on examples/ with a margin (its card gives them): they
+fail if the weights, the loader or the reading path break, not only if the files are missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rapidfuzz.distance import Levenshtein
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from vary.assets import MODEL_DIR, bundled_model_dir
+from vary.cli import app
+from vary.infer.pipeline import Pipeline
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def edit_distance(prediction: str, reference: str) -> float:
+    return Levenshtein.normalized_distance(prediction.strip(), reference.strip())
+
+
+def test_the_package_ships_a_small_float16_model_with_its_card():
+    assert bundled_model_dir() == MODEL_DIR
+    weights = MODEL_DIR / "model.safetensors"
+    assert weights.stat().st_size <= 60 * 2**20
+    with safe_open(weights, "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} <= {"F16", "I64"}
+    card = (MODEL_DIR / "MODEL_CARD.md").read_text()
+    for section in ("## Data", "## Recipe", "## Held-out scores", "## Limits"):
+        assert section in card
+
+
+@pytest.mark.parametrize("name, ceiling", [("sample_page", 0.15), ("sample_page_zh", 0.4)])
+def test_the_bundled_model_reads_the_example_pages(name, ceiling):
+    pipe = Pipeline.from_pretrained()
+    text = pipe.ocr(EXAMPLES / f"{name}.png").text
+    assert edit_distance(text, (EXAMPLES / f"{name}.txt").read_text()) <= ceiling, text
+
+
+def test_the_main_job_names_the_bundled_model():
+    result = CliRunner().invoke(app, ["ocr", str(EXAMPLES / "sample_page.png")])
+    assert result.exit_code == 0, result.output
+    assert "model: bundled:" in result.stderr and result.stdout.strip()
