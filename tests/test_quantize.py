@@ -203,3 +203,67 @@ def test_int8_loads_both_released_got_formats(tmp_path, layout):
         expected, actual = reference(**inputs).logits[0], quantized(**inputs).logits[0]
     drift = (actual - expected).abs()
     assert drift.max() < 0.25 * expected.std(), (drift.max(), expected.std())
+
+
+def _released_folder(tmp_path, layout: str):
+    """A tiny checkpoint folder in one of the released layouts (safetensors), and an input for it."""
+    from test_got import _image_inputs, tiny_hf_got, write_official_got
+    from test_vary_toy import write_vary_toy
+
+    folder = tmp_path / layout
+    if layout == "got-official":
+        write_official_got(folder, seed=4)
+        return folder, _image_inputs(151859)
+    if layout == "got-transformers":
+        tiny_hf_got(seed=4).save_pretrained(folder)
+        return folder, _image_inputs(299)
+    model = write_vary_toy(folder, seed=4)  # QWen v1 layout: q, k, v are slices of one fused c_attn matrix
+    inputs = _image_inputs(model.config.image_patch_token_id)
+    side = model.config.clip_image_size
+    inputs["pixel_values_clip"] = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(3))
+    return folder, inputs
+
+
+@pytest.mark.parametrize("layout", ["got-official", "got-transformers", "vary-toy"])
+def test_released_checkpoints_load_int8_layer_by_layer(tmp_path, layout, monkeypatch):
+    """Released layouts are quantized while they are read, never through a float32 model: the float loaders are
+    disabled during the int8 load, and the result equals quantizing the float32 load of the same folder."""
+    from vary.modeling import got, loading, official
+
+    folder, inputs = _released_folder(tmp_path, layout)
+    in_place = quantize_model_(load_model(folder))
+
+    def no_float_load(*args, **kwargs):
+        raise AssertionError("the int8 load went through a float32 model")
+
+    for module, name in [(official, "load_official"), (got, "load_hf_got"), (loading, "load_official"),
+                         (loading, "load_hf_got"), (official, "load_state_dict")]:  # fmt: skip
+        monkeypatch.setattr(module, name, no_float_load)
+    lean = load_model(folder, quantize="int8")
+    _, layers = decoder_layers(lean)
+    assert not any(type(m) is nn.Linear for m in layers.modules())
+    assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
+    with torch.inference_mode():
+        assert torch.equal(lean(**inputs).logits, in_place(**inputs).logits)
+
+
+def test_int8_load_of_released_checkpoints_is_strict(tmp_path):
+    """A missing or foreign tensor in a released layout is an error naming it, as in the float32 load."""
+    from safetensors.torch import load_file, save_file
+
+    from test_got import write_official_got
+    from vary.modeling.official import CheckpointError
+
+    folder = tmp_path / "got"
+    write_official_got(folder)
+    state = load_file(folder / "model.safetensors")
+    dropped, foreign = "model.layers.1.mlp.up_proj.weight", "model.vision_tower_high.extra.weight"
+    for broken, named in [({k: v for k, v in state.items() if k != dropped}, r"layers\.1\.mlp\.up_proj\.weight"),
+                          (state | {foreign: torch.zeros(3)}, r"vision_tower_high\.extra\.weight")]:  # fmt: skip
+        save_file(broken, folder / "model.safetensors")
+        with pytest.raises(CheckpointError, match=named):
+            load_model(folder, quantize="int8")
+    state["model.layers.1.mlp.up_proj.weight"] = state["model.layers.1.mlp.up_proj.weight"][:, :-1].contiguous()
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"up_proj\.weight has shape"):
+        load_model(folder, quantize="int8")

@@ -193,87 +193,127 @@ def _cast_vision(model, vision_dtype: torch.dtype) -> None:
 
 # --- lean loading ----------------------------------------------------------------------------------------
 class _LazyWeights:
-    """Tensors of safetensors files by name, read on demand as float32.
+    """Tensors of safetensors files by our key names, read on demand as float32.
 
     safetensors maps a file into memory and hands out views of it; every page read stays resident (and counted
     in RSS) until the mapping is released, i.e. until the file is closed and no view is alive. So each `take`
     closes the file again; tensors that the model keeps are copied out (`copy=True`), tensors that are only
     read to be quantized stay views, and their pages leave RSS with the mapping (copies of those would land in
     malloc's heap, which does not give freed memory back to the OS reliably).
+
+    `rename` ({our key: (key in the files, part)}, see official.convert_keys) reads a checkpoint of another
+    layout under our names; part i of 3 is a slice of a fused q/k/v matrix.
     """
 
     def __init__(self, files: list[Path]):
-        self.where = {}
+        self.where: dict[str, Path] = {}  # key in the files -> file
+        self.shapes: dict[str, tuple[int, ...]] = {}
         for path in files:
             with safe_open(str(path), framework="pt") as handle:
-                self.where |= dict.fromkeys(handle.keys(), path)
+                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    self.where[key] = path
+                    self.shapes[key] = tuple(handle.get_slice(key).get_shape())
+        self.source: dict[str, tuple[str, int | None]] = {key: (key, None) for key in self.where}
+
+    def meta_state_dict(self) -> dict[str, Tensor]:
+        """Shape-only tensors of the files' keys: what the official config readers need, read from the headers."""
+        return {key: torch.empty(shape, device="meta") for key, shape in self.shapes.items()}
+
+    def rename(self, rename: dict[str, tuple[str, int | None]]) -> None:
+        self.source = rename
 
     def __contains__(self, key: str) -> bool:
-        return key in self.where
+        return key in self.source
+
+    def __iter__(self):
+        return iter(self.source)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        source, part = self.source[key]
+        shape = self.shapes[source]
+        return shape if part is None else (shape[0] // 3, *shape[1:])
 
     def take(self, keys: list[str], strip: str = "", copy: bool = False) -> dict[str, Tensor]:
+        from vary.modeling.official import take_part
+
         out = {}
-        for path in dict.fromkeys(self.where[key] for key in keys):
+        for path in dict.fromkeys(self.where[self.source[key][0]] for key in keys):
             with safe_open(str(path), framework="pt") as handle:
                 for key in keys:
-                    if self.where[key] == path:
-                        out[key.removeprefix(strip)] = handle.get_tensor(key).to(torch.float32, copy=copy)
+                    source, part = self.source[key]
+                    if self.where[source] == path:
+                        tensor = take_part(handle.get_tensor(source), part)
+                        out[key.removeprefix(strip)] = tensor.to(torch.float32, copy=copy)
         return out
 
     def quantized_rows(self, key: str, chunk: int = 8192) -> tuple[Tensor, Tensor]:
         """`quantize_rows` of a matrix, read `chunk` rows at a time: no float copy of the whole matrix."""
-        with safe_open(str(self.where[key]), framework="pt") as handle:
-            n_rows, n_cols = handle.get_slice(key).get_shape()
+        source, part = self.source[key]
+        if part is not None:
+            raise ValueError(f"{key} is part of the fused {source}: read it with take()")
+        n_rows, n_cols = self.shapes[source]
         rows, scale = torch.empty(n_rows, n_cols, dtype=torch.int8), torch.empty(n_rows)
         for start in range(0, n_rows, chunk):
-            with safe_open(str(self.where[key]), framework="pt") as handle:  # closed each time: see the class doc
-                part = handle.get_slice(key)[start : start + chunk]
-            rows[start : start + chunk], scale[start : start + chunk] = quantize_rows(part)
+            with safe_open(str(self.where[source]), framework="pt") as handle:  # closed each time: see the class doc
+                part_rows = handle.get_slice(source)[start : start + chunk]
+            rows[start : start + chunk], scale[start : start + chunk] = quantize_rows(part_rows)
         return rows, scale
 
 
 def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.dtype = torch.float32, **overrides: Any):
     """Load a model folder with an int8 decoder without ever holding the float32 decoder in memory.
 
-    Our folders (safetensors) are read tensor by tensor into a meta-device model, one decoder layer at a time.
-    Official checkpoints are converted in float32 first (their key conversion needs the whole state dict),
-    then quantized in place.
+    safetensors checkpoints, ours or released (official GOT-OCR2 / Vary, transformers' GotOcr2), are read tensor
+    by tensor into a meta-device model under our key names, one decoder layer at a time. Pickled (.bin)
+    checkpoints cannot be read lazily: they are loaded in float32, then quantized in place.
     """
     from vary.config import VaryConfig
-    from vary.modeling.got import is_hf_got, load_hf_got
-    from vary.modeling.official import (
-        CheckpointError,
-        _reset_buffers,
-        load_official,
-        official_family,
-        read_config,
-        weight_files,
-    )
-    from vary.modeling.vary import VaryForCausalLM
+    from vary.modeling.got import hf_config_to_vary, hf_keys_to_vary, is_hf_got
+    from vary.modeling.loading import load_model
+    from vary.modeling.official import convert_keys, official_config, official_family, read_config, weight_files
 
     _check_method(method, vision_dtype)
     path = Path(path)
-    config = read_config(path)
-    if official_family(config) is not None:
-        return quantize_model_(load_official(path, dtype=torch.float32, **overrides), method, vision_dtype)
-    if is_hf_got(config):
-        return quantize_model_(load_hf_got(path, dtype=torch.float32, **overrides), method, vision_dtype)
+    cfg = read_config(path)
     files = weight_files(path)
     if files[0].suffix != ".safetensors":
-        model = VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
-        return quantize_model_(model, method, vision_dtype)
-    config = VaryConfig.from_pretrained(path, **overrides)
+        return quantize_model_(load_model(path, dtype=torch.float32, **overrides), method, vision_dtype)
+    weights = _LazyWeights(files)
+    if (family := official_family(cfg)) is not None:
+        config = official_config(cfg, weights.meta_state_dict(), source=str(path), **overrides)
+        weights.rename(convert_keys(weights.where, family))
+        strict = True
+    elif is_hf_got(cfg):
+        config = hf_config_to_vary(cfg, path, **overrides)
+        weights.rename({new: (key, None) for new, key in hf_keys_to_vary(weights.where).items()})
+        strict = True
+    else:
+        config = VaryConfig.from_pretrained(path, **overrides)
+        strict = False  # as our float loading: extra tensors in our own folders are ignored
+    return _load_lean(config, weights, str(path), strict, vision_dtype)
+
+
+def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_dtype: torch.dtype):
+    """Fill a meta-device VaryForCausalLM from `weights` piece by piece: float32 vision side, int8 embedding and
+    lm_head read in row chunks, then one decoder layer at a time (read in float32, quantized, freed)."""
+    from vary.modeling.official import CheckpointError, _reset_buffers
+    from vary.modeling.vary import VaryForCausalLM
+
     with torch.device("meta"):
         model = VaryForCausalLM(config)
-    weights = _LazyWeights(files)
     prefix, layers = decoder_layers(model)
     embed_name = _module_name(model, model.get_input_embeddings()) + ".weight"
     head_name = _module_name(model, model.get_output_embeddings()) + ".weight"
-    expected = list(model.state_dict())
+    expected = model.state_dict()
     tied = config.tie_word_embeddings
     missing = [k for k in expected if k not in weights and not (tied and k == head_name)]
-    if missing:
-        raise CheckpointError(f"{path}: missing weights {missing[:5]}")
+    unexpected = [k for k in weights if k not in expected] if strict else []
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
+    wrong = [k for k in expected if k in weights and weights.shape(k) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{source}: weight {k} has shape {weights.shape(k)}, expected {tuple(expected[k].shape)}")
 
     # 1. everything outside the decoder layers and the embedding/lm_head matrices, in float32
     rest = [k for k in expected if not k.startswith(prefix + ".") and k not in (embed_name, head_name)]
@@ -301,5 +341,5 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
         gc.collect()
     left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
-        raise CheckpointError(f"{path}: weights not loaded: {left[:5]}")
+        raise CheckpointError(f"{source}: weights not loaded: {left[:5]}")
     return model.eval()
