@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -14,6 +19,7 @@ from vary.cli import app
 from vary.config import preset
 from vary.infer import pipeline as pipeline_module
 from vary.infer.pipeline import Pipeline, resolve_dtype
+from vary.modeling import quantize as quantize_module
 from vary.modeling.loading import load_model
 from vary.modeling.quantize import (
     QuantizedEmbedding,
@@ -82,11 +88,14 @@ def test_quantize_rows_round_trip():
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_lean_load_quantizes_every_decoder_linear_like_quantizing_the_float_model(tmp_path, tied):
+def test_lean_load_quantizes_every_decoder_linear_like_quantizing_the_float_model(tmp_path, tied, monkeypatch):
     """Layer-by-layer loading swaps every decoder Linear and the embeddings, and gives exactly the model that
     quantizing the whole float model in place gives."""
     saved_model(tmp_path, got_like_config(tied))
+    pinned = []
+    monkeypatch.setattr(quantize_module, "return_freed_memory_to_os", lambda: pinned.append(True))
     lean = load_model(tmp_path, quantize="int8")
+    assert pinned  # the int8 load keeps freed buffers out of RSS (see the last test)
     _, layers = decoder_layers(lean)
     assert not any(type(m) is nn.Linear for m in layers.modules())  # every Linear swapped
     assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
@@ -267,3 +276,31 @@ def test_int8_load_of_released_checkpoints_is_strict(tmp_path):
     save_file(state, folder / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"up_proj\.weight has shape"):
         load_model(folder, quantize="int8")
+
+
+FREE_AND_MEASURE = """
+import sys, torch
+from vary.modeling.quantize import return_freed_memory_to_os
+if sys.argv[1] == "pinned":
+    assert return_freed_memory_to_os()
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
+block = torch.ones(4_000_000); del block  # freeing a 16 MB mapped block raises glibc's default threshold to 16 MB
+base, big, small = rss(), [], []
+for _ in range(40):  # 320 MB of 8 MB tensors, each followed by a small one that stays alive
+    big.append(torch.ones(2_000_000)); small.append(torch.ones(1000))
+del big
+print(rss() - base)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file() or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.slow  # two Python processes importing torch
+def test_freed_tensors_leave_rss_once_the_mmap_threshold_is_pinned():
+    """What the int8 load switches on: freed buffers of a forward pass go back to the OS."""
+
+    def retained_mb(mode):
+        out = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE, mode], capture_output=True, text=True, check=True)
+        return float(out.stdout.split()[-1])
+
+    assert retained_mb("pinned") < 40
+    assert retained_mb("default") > 200  # what it prevents (glibc's default behaviour)
