@@ -132,6 +132,35 @@ def test_int8_tracks_float32_logits_and_greedy_tokens(tmp_path, config):
     assert agreement >= 0.8, agreement
 
 
+def test_embedding_lookups_are_dequantized_rows_shared_with_the_tied_lm_head(tmp_path):
+    """The int8 embedding returns exactly int8 row * row scale for the ids it is given (within half a step of the
+    float32 row), and the tied lm_head multiplies by those same rows."""
+    reference = saved_model(tmp_path, got_like_config(tied=True))
+    model = load_model(tmp_path, quantize="int8")
+    embedding = model.get_input_embeddings()
+    float_rows = reference.get_input_embeddings().weight.detach()
+    ids = torch.tensor([[0, 5, 5, 1023], [7, 512, 3, 0]])
+    looked_up = embedding(ids)
+    assert looked_up.dtype is torch.float32 and looked_up.shape == (2, 4, 256)
+    rows = embedding.weight_int8.float() * embedding.scale[:, None]
+    assert torch.equal(looked_up, rows[ids])
+    assert bool(((looked_up - float_rows[ids]).abs() <= embedding.scale[ids, None] / 2 + 1e-7).all())
+    head_rows = model.get_output_embeddings().weight().dequantize()  # the Linear's int8 weight, dequantized
+    assert torch.allclose(head_rows, rows, rtol=0, atol=1e-6)
+    assert embedding.weight_int8.element_size() == 1 and embedding.num_embeddings == 1024
+
+
+def test_int8_model_refuses_to_save_in_one_line(tmp_path):
+    from vary.modeling.got import export_hf_got
+
+    saved_model(tmp_path / "float", got_like_config())
+    model = load_model(tmp_path / "float", quantize="int8")
+    for write in (model.save_pretrained, lambda dst: export_hf_got(model, dst)):
+        with pytest.raises(ValueError, match=r"^cannot (save|export) an int8 model .*quantize it when loading$"):
+            write(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_quantize_refuses_bad_combinations(tmp_path):
     saved_model(tmp_path, got_like_config())
     with pytest.raises(ValueError, match="unknown quantization 'int4'"):

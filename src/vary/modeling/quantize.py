@@ -147,6 +147,13 @@ def is_quantized(model) -> bool:
     return isinstance(model.get_input_embeddings(), QuantizedEmbedding)
 
 
+def refuse_if_quantized(model, action: str) -> None:
+    """An int8 model is for inference: its packed int8 Linears have no float checkpoint form to write."""
+    if is_quantized(model):
+        raise ValueError(f"cannot {action} an int8 model (quantize='int8' is for inference): {action} the float "
+                         "model and quantize it when loading")  # fmt: skip
+
+
 def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_rows: tuple[Tensor, Tensor] | None):
     """Input embedding -> QuantizedEmbedding; lm_head -> int8 Linear (on the embedding's rows when tied)."""
     bias = getattr(model.get_output_embeddings(), "bias", None)

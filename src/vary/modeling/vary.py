@@ -150,6 +150,12 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             kwargs.pop("pixel_values_clip", None)
         return super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
 
+    def save_pretrained(self, *args, **kwargs):
+        from vary.modeling.quantize import refuse_if_quantized
+
+        refuse_if_quantized(self, "save")
+        return super().save_pretrained(*args, **kwargs)
+
     def enable_fast_cpu_path(self, enabled: bool = True) -> VaryForCausalLM:
         """Run CPU inference through `vary.modeling.fast`: same outputs (within float rounding), less time and memory.
 
