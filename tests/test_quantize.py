@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +21,8 @@ from vary.infer.pipeline import Pipeline, resolve_dtype
 from vary.modeling import quantize as quantize_module
 from vary.modeling.loading import load_model
 from vary.modeling.quantize import (
+    FusedInt8MLP,
+    FusedQKVQwen2Attention,
     QuantizedEmbedding,
     cpu_flags,
     cpu_has_native_bf16,
@@ -100,7 +101,9 @@ def test_lean_load_quantizes_every_decoder_linear_like_quantizing_the_float_mode
     assert not any(type(m) is nn.Linear for m in layers.modules())  # every Linear swapped
     assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
     assert isinstance(lean.get_output_embeddings(), DynamicLinear)
-    assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 7 * len(layers)  # q k v o gate up down
+    assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 4 * len(layers)  # qkv o gate_up down
+    assert all(isinstance(layer.self_attn, FusedQKVQwen2Attention) for layer in layers)
+    assert all(isinstance(layer.mlp, FusedInt8MLP) for layer in layers)
     assert not any(p.is_meta for p in [*lean.parameters(), *lean.buffers()])
     assert type(lean.projector_vary) is nn.Linear  # vision side stays float32
     in_place = quantize_model_(load_model(tmp_path))
@@ -130,6 +133,24 @@ def test_int8_tracks_float32_logits_and_greedy_tokens(tmp_path, config):
     assert torch.equal(actual.argmax(-1)[confident], expected.argmax(-1)[confident])
     agreement = (actual.argmax(-1) == expected.argmax(-1)).float().mean()
     assert agreement >= 0.8, agreement
+
+
+def test_fused_qkv_and_gate_up_give_the_separate_int8_linears_outputs(tmp_path, monkeypatch):
+    """Fusing q/k/v and gate/up into one int8 GEMM each changes the number of calls, not the result: the same
+    checkpoint quantized one Linear at a time gives the same logits (prefill, then cached decoding)."""
+    saved_model(tmp_path, got_like_config(), seed=3)
+    fused = load_model(tmp_path, quantize="int8")
+    monkeypatch.setattr(quantize_module, "_quantize_layer", quantize_module._quantize_dynamic)  # no fusion
+    separate = load_model(tmp_path, quantize="int8")
+    assert not any(isinstance(m, (FusedInt8MLP, FusedQKVQwen2Attention)) for m in separate.modules())
+    ids = torch.randint(3, 1000, (1, 10), generator=torch.Generator().manual_seed(4))
+    greedy = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0, output_logits=True,
+                  return_dict_in_generate=True)  # fmt: skip
+    with torch.inference_mode():
+        assert torch.allclose(fused(ids).logits, separate(ids).logits, rtol=0, atol=1e-5)
+        ours, theirs = fused.generate(input_ids=ids, **greedy), separate.generate(input_ids=ids, **greedy)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.allclose(torch.stack(ours.logits), torch.stack(theirs.logits), rtol=0, atol=1e-5)
 
 
 def test_embedding_lookups_are_dequantized_rows_shared_with_the_tied_lm_head(tmp_path):
@@ -307,29 +328,35 @@ def test_int8_load_of_released_checkpoints_is_strict(tmp_path):
         load_model(folder, quantize="int8")
 
 
-FREE_AND_MEASURE = """
-import sys, torch
+MAPPED_BYTES_OF_A_4MB_TENSOR = """
+import ctypes, sys, torch
 from vary.modeling.quantize import return_freed_memory_to_os
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+mapped = lambda: libc.mallinfo2().hblkhd
 if sys.argv[1] == "pinned":
     assert return_freed_memory_to_os()
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
 block = torch.ones(4_000_000); del block  # freeing a 16 MB mapped block raises glibc's default threshold to 16 MB
-base, big, small = rss(), [], []
-for _ in range(40):  # 320 MB of 8 MB tensors, each followed by a small one that stays alive
-    big.append(torch.ones(2_000_000)); small.append(torch.ones(1000))
-del big
-print(rss() - base)
+before = mapped()
+tensor = torch.ones(1_000_000)  # 4 MB: its own mapping only below the threshold
+print((mapped() - before) / 1e6)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").is_file() or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 @pytest.mark.slow  # two Python processes importing torch
-def test_freed_tensors_leave_rss_once_the_mmap_threshold_is_pinned():
-    """What the int8 load switches on: freed buffers of a forward pass go back to the OS."""
+def test_large_tensors_get_their_own_mapping_once_the_mmap_threshold_is_pinned():
+    """What the int8 load switches on: a 4 MB tensor is its own mapping (given back to the OS when freed) even
+    after glibc has raised its default threshold, under which it comes from the heap and stays resident."""
 
-    def retained_mb(mode):
-        out = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE, mode], capture_output=True, text=True, check=True)
+    def mapped_mb(mode):
+        out = subprocess.run([sys.executable, "-c", MAPPED_BYTES_OF_A_4MB_TENSOR, mode], capture_output=True,
+                             text=True, check=True)  # fmt: skip
         return float(out.stdout.split()[-1])
 
-    assert retained_mb("pinned") < 40
-    assert retained_mb("default") > 200  # what it prevents (glibc's default behaviour)
+    assert mapped_mb("pinned") >= 4.0
+    assert mapped_mb("default") == 0.0  # glibc's own behaviour, which the pinning prevents

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
+from transformers.models.qwen2 import modeling_qwen2 as qwen2
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -114,6 +116,78 @@ def int8_linear(rows: Tensor, scale: Tensor, bias: Tensor | None = None) -> nn.M
     return linear
 
 
+def _fused_int8_linear(linears: list[nn.Linear]) -> nn.Module:
+    """One dynamic int8 Linear computing several Linears of the same input (outputs concatenated). Quantized by
+    the same observer as each of them (one scale per output row) and fed one quantized input, so its outputs are
+    the separate int8 Linears' outputs."""
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    has_bias = linears[0].bias is not None
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if has_bias:
+        fused.bias = nn.Parameter(torch.cat([linear.bias.detach() for linear in linears]), requires_grad=False)
+    return _quantize_dynamic(nn.Sequential(fused))[0]  # quantize_dynamic swaps children, not the module passed
+
+
+class FusedInt8MLP(nn.Module):
+    """A gated MLP, down(act(gate(x)) * up(x)) (Qwen2, Llama), with gate and up as one int8 Linear.
+
+    At batch-1 decoding each int8 Linear call has a fixed cost (quantizing the input, a parallel region), and
+    a decode step of GOT-OCR2 makes 169 of them; fusing gate/up here and q/k/v in FusedQKVQwen2Attention makes
+    it 97, and each GEMM reads a longer weight matrix in one pass.
+    """
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.intermediate_size = mlp.gate_proj.out_features
+        self.gate_up_proj = _fused_int8_linear([mlp.gate_proj, mlp.up_proj])
+        self.down_proj = mlp.down_proj
+        self.act_fn = mlp.act_fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+class FusedQKVQwen2Attention(Qwen2Attention):
+    """transformers' Qwen2Attention with q/k/v as one int8 Linear (see FusedInt8MLP for why); rotary, cache and
+    attention kernel are transformers'. Made from a loaded Qwen2Attention by `from_attention`."""
+
+    @classmethod
+    def from_attention(cls, attention: Qwen2Attention) -> FusedQKVQwen2Attention:
+        projections = [attention.q_proj, attention.k_proj, attention.v_proj]
+        attention.qkv_proj = _fused_int8_linear(projections)
+        attention.qkv_sizes = [p.out_features for p in projections]
+        del attention.q_proj, attention.k_proj, attention.v_proj
+        attention.__class__ = cls  # the same module state; forward below reads qkv_proj
+        return attention
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        qkv = self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)
+        q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in qkv)
+        q, k = qwen2.apply_rotary_pos_emb(q, k, *position_embeddings)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+        attend = qwen2.ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, qwen2.eager_attention_forward
+        )
+        out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
+                              sliding_window=self.sliding_window, **kwargs)  # fmt: skip
+        return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+def _quantize_layer(layer: nn.Module) -> nn.Module:
+    """One decoder layer to int8, in place: Qwen2's q/k/v and gate/up fused (FusedInt8MLP), every other Linear
+    a dynamic int8 Linear."""
+    if type(getattr(layer, "self_attn", None)) is Qwen2Attention:
+        FusedQKVQwen2Attention.from_attention(layer.self_attn)
+    if type(getattr(layer, "mlp", None)) is Qwen2MLP:
+        layer.mlp = FusedInt8MLP(layer.mlp)
+    return _quantize_dynamic(layer)
+
+
 @contextmanager
 def _torch_ao_deprecation_silenced():
     """torch.ao.quantization's deprecation notices (see the module docstring): expected here, nothing to act on."""
@@ -178,7 +252,7 @@ def quantize_model_(model, method: str = "int8", vision_dtype: torch.dtype = tor
     lm_head = None if tied else quantize_rows(model.get_output_embeddings().weight.detach())
     _quantize_embeddings(model, embedding, lm_head)
     for layer in decoder_layers(model)[1]:
-        _quantize_dynamic(layer)
+        _quantize_layer(layer)
     _cast_vision(model, vision_dtype)
     return model.eval()
 
@@ -368,7 +442,7 @@ def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_
             for name, param in module.named_parameters(recurse=False):
                 if not (isinstance(module, nn.Linear) and name == "weight"):
                     param.data = param.data.clone()
-        _quantize_dynamic(layer)
+        _quantize_layer(layer)
         gc.collect()
     left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
