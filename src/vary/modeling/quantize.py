@@ -5,7 +5,7 @@ decoder + 151,860 x 1,024 lm_head: ~1.9 GB in float32). `quantize="int8"` stores
 bytes:
 - every nn.Linear of the decoder layers becomes a dynamically quantized Linear (int8 weights, one scale per
   output channel; activations stay float32 and are quantized per call by fbgemm, so prefill and decode both run
-  integer GEMMs);
+  integer GEMMs); in Qwen2 decoders q/k/v and gate/up are one int8 GEMM each (FusedInt8MLP);
 - the lm_head matmul runs on an int8 copy of its weight (per-row scales), and the input embedding, which only
   looks rows up, keeps int8 rows + scales and dequantizes the rows it reads (`QuantizedEmbedding`). Keeping the
   embedding in float32 would cost 622 MB for GOT-OCR2, 40% of a 1.5 GB budget, for a lookup of one row a token.
@@ -21,9 +21,12 @@ torch.ao's quantized dynamic Linear is fbgemm's packed int8 GEMM. torch marks th
 API deprecated (pointing at torchao); the kernels it calls are the same `torch.ops.quantized` ops, so the
 warning is silenced here, on purpose, around the one call that raises it.
 
-Memory: `load_quantized` never holds a float32 copy of the whole decoder. It builds the model on the meta
-device, loads the non-decoder weights, then the embedding (quantized, float32 freed), then one decoder layer at
-a time (loaded in float32, quantized, float32 freed).
+Memory: `load_quantized` never holds a float32 copy of the whole decoder, for our folders and the released
+layouts alike (their keys are renamed as they are read). It builds the model on the meta device, loads the
+non-decoder weights, then the embedding (quantized, float32 freed), then one decoder layer at a time (loaded
+in float32, quantized, float32 freed).
+
+An int8 model is for inference: saving or exporting it is refused (`refuse_if_quantized`).
 """
 
 from __future__ import annotations
