@@ -190,9 +190,7 @@ def export_hf_got(model, dst: str | Path, tokenizer=None) -> Path:
     from transformers import GotOcr2ForConditionalGeneration, GotOcr2ImageProcessorPil
     from transformers.image_utils import PILImageResampling
 
-    from vary.modeling.quantize import refuse_if_quantized
-
-    refuse_if_quantized(model, "export")
+    model.refuse_if_quantized("export")
 
     hf_config = vary_config_to_hf(model.config)
     state = vary_state_dict_to_hf(model.state_dict())

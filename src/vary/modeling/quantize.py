@@ -26,7 +26,7 @@ layouts alike (their keys are renamed as they are read). It builds the model on 
 non-decoder weights, then the embedding (quantized, float32 freed), then one decoder layer at a time (loaded
 in float32, quantized, float32 freed).
 
-An int8 model is for inference: saving or exporting it is refused (`refuse_if_quantized`).
+An int8 model is for inference: saving or exporting it is refused (`VaryForCausalLM.refuse_if_quantized`).
 """
 
 from __future__ import annotations
@@ -224,13 +224,6 @@ def is_quantized(model) -> bool:
     return isinstance(model.get_input_embeddings(), QuantizedEmbedding)
 
 
-def refuse_if_quantized(model, action: str) -> None:
-    """An int8 model is for inference: its packed int8 Linears have no float checkpoint form to write."""
-    if is_quantized(model):
-        raise ValueError(f"cannot {action} an int8 model (quantize='int8' is for inference): {action} the float "
-                         "model and quantize it when loading")  # fmt: skip
-
-
 def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_rows: tuple[Tensor, Tensor] | None):
     """Input embedding -> QuantizedEmbedding; lm_head -> int8 Linear (on the embedding's rows when tied)."""
     bias = getattr(model.get_output_embeddings(), "bias", None)
@@ -239,6 +232,7 @@ def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_r
     padding_idx = getattr(model.get_input_embeddings(), "padding_idx", None)
     model.set_output_embeddings(int8_linear(*(lm_head_rows or embedding_rows), bias))
     model.set_input_embeddings(QuantizedEmbedding(*embedding_rows, padding_idx))
+    model.quantized = "int8"
 
 
 def quantize_model_(model, method: str = "int8", vision_dtype: torch.dtype = torch.float32):
@@ -375,9 +369,16 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
     checkpoints cannot be read lazily: they are loaded in float32, then quantized in place.
     """
     from vary.config import VaryConfig
-    from vary.modeling.got import hf_config_to_vary, hf_keys_to_vary, is_hf_got
-    from vary.modeling.loading import load_model
-    from vary.modeling.official import convert_keys, official_config, official_family, read_config, weight_files
+    from vary.modeling.got import hf_config_to_vary, hf_keys_to_vary, is_hf_got, load_hf_got
+    from vary.modeling.official import (
+        convert_keys,
+        load_official,
+        official_config,
+        official_family,
+        read_config,
+        weight_files,
+    )
+    from vary.modeling.vary import VaryForCausalLM
 
     _check_method(method, vision_dtype)
     return_freed_memory_to_os()
@@ -385,7 +386,13 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
     cfg = read_config(path)
     files = weight_files(path)
     if files[0].suffix != ".safetensors":
-        return quantize_model_(load_model(path, dtype=torch.float32, **overrides), method, vision_dtype)
+        if official_family(cfg) is not None:
+            model = load_official(path, dtype=torch.float32, **overrides)
+        elif is_hf_got(cfg):
+            model = load_hf_got(path, dtype=torch.float32, **overrides)
+        else:
+            model = VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
+        return quantize_model_(model, method, vision_dtype)
     weights = _LazyWeights(files)
     if (family := official_family(cfg)) is not None:
         config = official_config(cfg, weights.meta_state_dict(), source=str(path), **overrides)
