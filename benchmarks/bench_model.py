@@ -7,7 +7,9 @@
 Every configuration runs in its own child process, so its peak RSS (ru_maxrss: model load + one page) is its own.
 Ours load a random-weight checkpoint saved once per model (seed 0) through `vary.load_model`, with the fast CPU
 path on: `fp32`, `int8` (`quantize="int8"`), `int8-bf16vision` (`quantize="int8", dtype=bfloat16`: int8 decoder,
-bf16 vision branch), `bf16` (both bf16 ones only where the CPU has native bf16, see
+bf16 vision branch), `int8-released` (GOT-OCR2 only: `int8` from the same weights written in a released layout,
+transformers' GotOcr2, which the int8 load renames tensor by tensor: its "RSS load GB" is the lean load of a
+released checkpoint), `bf16` (both bf16 ones only where the CPU has native bf16, see
 `vary.modeling.quantize.cpu_has_native_bf16`; elsewhere it is emulated and 15-30x slower). `hf-fp32` is
 transformers' `GotOcr2ForConditionalGeneration` at GOT-OCR2's sizes (its default config), random weights.
 Per configuration: one page = `generate` with a random 1024x1024 image and its 256 image tokens, greedy, eos
@@ -40,7 +42,7 @@ from pathlib import Path
 
 TARGETS = "vary-tiny int8 decode >= 2x fp32; GOT-OCR2 int8 decode >= 35 tok/s, peak RSS <= 1.5 GB; page >= 2x hf-fp32"
 MODELS = ("vary-tiny", "got-ocr2")
-CONFIGS = ("fp32", "int8", "int8-bf16vision", "bf16", "hf-fp32")
+CONFIGS = ("fp32", "int8", "int8-bf16vision", "int8-released", "bf16", "hf-fp32")
 DEFAULT_CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))  # this checkout's vary, in this process and (via PYTHONPATH) in the children
@@ -59,7 +61,12 @@ def child_save(spec: dict) -> dict:
     from vary.modeling.vary import VaryForCausalLM
 
     torch.manual_seed(0)
-    VaryForCausalLM(preset(spec["model"])).save_pretrained(spec["checkpoint"])
+    model = VaryForCausalLM(preset(spec["model"]))
+    model.save_pretrained(spec["checkpoint"])
+    if spec.get("released"):
+        from vary.modeling.got import export_hf_got
+
+        export_hf_got(model, spec["released"])
     return {}
 
 
@@ -99,6 +106,8 @@ def child_time(spec: dict) -> dict:
 
         torch.manual_seed(0)
         model = GotOcr2ForConditionalGeneration(GotOcr2Config()).eval()
+    elif spec["config"] == "int8-released":
+        model = load_ours(spec["released"], "int8")
     else:
         model = load_ours(spec["checkpoint"], spec["config"])
     load_s = time.perf_counter() - start
@@ -285,16 +294,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_model_") as tmp:
         for model in models:
             checkpoint = str(Path(tmp) / model)
+            released = str(Path(tmp) / f"{model}-transformers") if "int8-released" in configs else None
             print(f"{model}: saving a random-weight float32 checkpoint...", flush=True)
-            run_child({"kind": "save", "model": model, "checkpoint": checkpoint}, args.threads)
+            run_child({"kind": "save", "model": model, "checkpoint": checkpoint,
+                       "released": released if model == "got-ocr2" else None}, args.threads)  # fmt: skip
             for config in configs:
-                if config == "hf-fp32" and model != "got-ocr2":
+                if config in ("hf-fp32", "int8-released") and model != "got-ocr2":
                     continue
                 long_page = model == "got-ocr2" and config in ("int8", "int8-bf16vision", "hf-fp32")
                 tokens = page_tokens if long_page else new_tokens
                 print(f"{model} {config}: one page, {tokens} new tokens...", flush=True)
-                spec = dict(kind="time", model=model, config=config, checkpoint=checkpoint, new_tokens=tokens,
-                            decode_window=new_tokens)  # fmt: skip
+                spec = dict(kind="time", model=model, config=config, checkpoint=checkpoint, released=released,
+                            new_tokens=tokens, decode_window=new_tokens)  # fmt: skip
                 timings[model, config] = run_child(spec, args.threads)
             if not args.no_quality:
                 print(f"{model}: quality, {quality_tokens} tokens...", flush=True)
@@ -328,7 +339,7 @@ def report(timings: dict, quality: dict, new_tokens: int) -> None:
     if ("vary-tiny", "int8") in t and ("vary-tiny", "fp32") in t:
         ratio = t["vary-tiny", "int8"]["decode_tok_s"] / t["vary-tiny", "fp32"]["decode_tok_s"]
         print(f"  vary-tiny int8 decode / fp32 decode: {ratio:.2f}x")
-    for best in ("int8", "int8-bf16vision"):
+    for best in ("int8", "int8-bf16vision", "int8-released"):
         if ("got-ocr2", best) not in t:
             continue
         g = t["got-ocr2", best]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -14,8 +18,11 @@ from vary.cli import app
 from vary.config import preset
 from vary.infer import pipeline as pipeline_module
 from vary.infer.pipeline import Pipeline, resolve_dtype
+from vary.modeling import quantize as quantize_module
 from vary.modeling.loading import load_model
 from vary.modeling.quantize import (
+    FusedInt8MLP,
+    FusedQKVQwen2Attention,
     QuantizedEmbedding,
     cpu_flags,
     cpu_has_native_bf16,
@@ -82,16 +89,21 @@ def test_quantize_rows_round_trip():
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_lean_load_quantizes_every_decoder_linear_like_quantizing_the_float_model(tmp_path, tied):
+def test_lean_load_quantizes_every_decoder_linear_like_quantizing_the_float_model(tmp_path, tied, monkeypatch):
     """Layer-by-layer loading swaps every decoder Linear and the embeddings, and gives exactly the model that
     quantizing the whole float model in place gives."""
     saved_model(tmp_path, got_like_config(tied))
+    pinned = []
+    monkeypatch.setattr(quantize_module, "return_freed_memory_to_os", lambda: pinned.append(True))
     lean = load_model(tmp_path, quantize="int8")
+    assert pinned  # the int8 load keeps freed buffers out of RSS (see the last test)
     _, layers = decoder_layers(lean)
     assert not any(type(m) is nn.Linear for m in layers.modules())  # every Linear swapped
     assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
     assert isinstance(lean.get_output_embeddings(), DynamicLinear)
-    assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 7 * len(layers)  # q k v o gate up down
+    assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 4 * len(layers)  # qkv o gate_up down
+    assert all(isinstance(layer.self_attn, FusedQKVQwen2Attention) for layer in layers)
+    assert all(isinstance(layer.mlp, FusedInt8MLP) for layer in layers)
     assert not any(p.is_meta for p in [*lean.parameters(), *lean.buffers()])
     assert type(lean.projector_vary) is nn.Linear  # vision side stays float32
     in_place = quantize_model_(load_model(tmp_path))
@@ -121,6 +133,53 @@ def test_int8_tracks_float32_logits_and_greedy_tokens(tmp_path, config):
     assert torch.equal(actual.argmax(-1)[confident], expected.argmax(-1)[confident])
     agreement = (actual.argmax(-1) == expected.argmax(-1)).float().mean()
     assert agreement >= 0.8, agreement
+
+
+def test_fused_qkv_and_gate_up_give_the_separate_int8_linears_outputs(tmp_path, monkeypatch):
+    """Fusing q/k/v and gate/up into one int8 GEMM each changes the number of calls, not the result: the same
+    checkpoint quantized one Linear at a time gives the same logits (prefill, then cached decoding)."""
+    saved_model(tmp_path, got_like_config(), seed=3)
+    fused = load_model(tmp_path, quantize="int8")
+    monkeypatch.setattr(quantize_module, "_quantize_layer", quantize_module._quantize_dynamic)  # no fusion
+    separate = load_model(tmp_path, quantize="int8")
+    assert not any(isinstance(m, (FusedInt8MLP, FusedQKVQwen2Attention)) for m in separate.modules())
+    ids = torch.randint(3, 1000, (1, 10), generator=torch.Generator().manual_seed(4))
+    greedy = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0, output_logits=True,
+                  return_dict_in_generate=True)  # fmt: skip
+    with torch.inference_mode():
+        assert torch.allclose(fused(ids).logits, separate(ids).logits, rtol=0, atol=1e-5)
+        ours, theirs = fused.generate(input_ids=ids, **greedy), separate.generate(input_ids=ids, **greedy)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.allclose(torch.stack(ours.logits), torch.stack(theirs.logits), rtol=0, atol=1e-5)
+
+
+def test_embedding_lookups_are_dequantized_rows_shared_with_the_tied_lm_head(tmp_path):
+    """The int8 embedding returns exactly int8 row * row scale for the ids it is given (within half a step of the
+    float32 row), and the tied lm_head multiplies by those same rows."""
+    reference = saved_model(tmp_path, got_like_config(tied=True))
+    model = load_model(tmp_path, quantize="int8")
+    embedding = model.get_input_embeddings()
+    float_rows = reference.get_input_embeddings().weight.detach()
+    ids = torch.tensor([[0, 5, 5, 1023], [7, 512, 3, 0]])
+    looked_up = embedding(ids)
+    assert looked_up.dtype is torch.float32 and looked_up.shape == (2, 4, 256)
+    rows = embedding.weight_int8.float() * embedding.scale[:, None]
+    assert torch.equal(looked_up, rows[ids])
+    assert bool(((looked_up - float_rows[ids]).abs() <= embedding.scale[ids, None] / 2 + 1e-7).all())
+    head_rows = model.get_output_embeddings().weight().dequantize()  # the Linear's int8 weight, dequantized
+    assert torch.allclose(head_rows, rows, rtol=0, atol=1e-6)
+    assert embedding.weight_int8.element_size() == 1 and embedding.num_embeddings == 1024
+
+
+def test_int8_model_refuses_to_save_in_one_line(tmp_path):
+    from vary.modeling.got import export_hf_got
+
+    saved_model(tmp_path / "float", got_like_config())
+    model = load_model(tmp_path / "float", quantize="int8")
+    for write in (model.save_pretrained, lambda dst: export_hf_got(model, dst)):
+        with pytest.raises(ValueError, match=r"^cannot (save|export) an int8 model .*quantize it when loading$"):
+            write(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_quantize_refuses_bad_combinations(tmp_path):
@@ -203,3 +262,101 @@ def test_int8_loads_both_released_got_formats(tmp_path, layout):
         expected, actual = reference(**inputs).logits[0], quantized(**inputs).logits[0]
     drift = (actual - expected).abs()
     assert drift.max() < 0.25 * expected.std(), (drift.max(), expected.std())
+
+
+def _released_folder(tmp_path, layout: str):
+    """A tiny checkpoint folder in one of the released layouts (safetensors), and an input for it."""
+    from test_got import _image_inputs, tiny_hf_got, write_official_got
+    from test_vary_toy import write_vary_toy
+
+    folder = tmp_path / layout
+    if layout == "got-official":
+        write_official_got(folder, seed=4)
+        return folder, _image_inputs(151859)
+    if layout == "got-transformers":
+        tiny_hf_got(seed=4).save_pretrained(folder)
+        return folder, _image_inputs(299)
+    model = write_vary_toy(folder, seed=4)  # QWen v1 layout: q, k, v are slices of one fused c_attn matrix
+    inputs = _image_inputs(model.config.image_patch_token_id)
+    side = model.config.clip_image_size
+    inputs["pixel_values_clip"] = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(3))
+    return folder, inputs
+
+
+@pytest.mark.parametrize("layout", ["got-official", "got-transformers", "vary-toy"])
+def test_released_checkpoints_load_int8_layer_by_layer(tmp_path, layout, monkeypatch):
+    """Released layouts are quantized while they are read, never through a float32 model: the float loaders are
+    disabled during the int8 load, and the result equals quantizing the float32 load of the same folder."""
+    from vary.modeling import got, loading, official
+
+    folder, inputs = _released_folder(tmp_path, layout)
+    in_place = quantize_model_(load_model(folder))
+
+    def no_float_load(*args, **kwargs):
+        raise AssertionError("the int8 load went through a float32 model")
+
+    for module, name in [(official, "load_official"), (got, "load_hf_got"), (loading, "load_official"),
+                         (loading, "load_hf_got"), (official, "load_state_dict")]:  # fmt: skip
+        monkeypatch.setattr(module, name, no_float_load)
+    lean = load_model(folder, quantize="int8")
+    _, layers = decoder_layers(lean)
+    assert not any(type(m) is nn.Linear for m in layers.modules())
+    assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
+    with torch.inference_mode():
+        assert torch.equal(lean(**inputs).logits, in_place(**inputs).logits)
+
+
+def test_int8_load_of_released_checkpoints_is_strict(tmp_path):
+    """A missing or foreign tensor in a released layout is an error naming it, as in the float32 load."""
+    from safetensors.torch import load_file, save_file
+
+    from test_got import write_official_got
+    from vary.modeling.official import CheckpointError
+
+    folder = tmp_path / "got"
+    write_official_got(folder)
+    state = load_file(folder / "model.safetensors")
+    dropped, foreign = "model.layers.1.mlp.up_proj.weight", "model.vision_tower_high.extra.weight"
+    for broken, named in [({k: v for k, v in state.items() if k != dropped}, r"layers\.1\.mlp\.up_proj\.weight"),
+                          (state | {foreign: torch.zeros(3)}, r"vision_tower_high\.extra\.weight")]:  # fmt: skip
+        save_file(broken, folder / "model.safetensors")
+        with pytest.raises(CheckpointError, match=named):
+            load_model(folder, quantize="int8")
+    state["model.layers.1.mlp.up_proj.weight"] = state["model.layers.1.mlp.up_proj.weight"][:, :-1].contiguous()
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"up_proj\.weight has shape"):
+        load_model(folder, quantize="int8")
+
+
+MAPPED_BYTES_OF_A_4MB_TENSOR = """
+import ctypes, sys, torch
+from vary.modeling.quantize import return_freed_memory_to_os
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+mapped = lambda: libc.mallinfo2().hblkhd
+if sys.argv[1] == "pinned":
+    assert return_freed_memory_to_os()
+block = torch.ones(4_000_000); del block  # freeing a 16 MB mapped block raises glibc's default threshold to 16 MB
+before = mapped()
+tensor = torch.ones(1_000_000)  # 4 MB: its own mapping only below the threshold
+print((mapped() - before) / 1e6)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.slow  # two Python processes importing torch
+def test_large_tensors_get_their_own_mapping_once_the_mmap_threshold_is_pinned():
+    """What the int8 load switches on: a 4 MB tensor is its own mapping (given back to the OS when freed) even
+    after glibc has raised its default threshold, under which it comes from the heap and stays resident."""
+
+    def mapped_mb(mode):
+        out = subprocess.run([sys.executable, "-c", MAPPED_BYTES_OF_A_4MB_TENSOR, mode], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        return float(out.stdout.split()[-1])
+
+    assert mapped_mb("pinned") >= 4.0
+    assert mapped_mb("default") == 0.0  # glibc's own behaviour, which the pinning prevents

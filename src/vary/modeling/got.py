@@ -19,6 +19,7 @@ folder has one, else the two ids just before <imgpad> (GOT's vocabulary: 151857,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +66,25 @@ def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def hf_state_dict_to_vary(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' GOT keys (file or module names) -> ours. Raises CheckpointError naming keys it cannot place."""
+def hf_keys_to_vary(keys: Iterable[str]) -> dict[str, str]:
+    """transformers' GOT keys (file or module names) -> ours, as {our key: its key}. Raises CheckpointError naming
+    keys it cannot place."""
     out, unknown = {}, []
-    for key, tensor in sd.items():
+    for key in keys:
         current = _rename(key, _ON_DISK) or key
         new = _rename(current, _HF_TO_OURS)
         if new is None:
             unknown.append(key)
         else:
-            out[new] = tensor
+            out[new] = key
     if unknown:
         raise CheckpointError(f"GotOcr2 checkpoint has {len(unknown)} key(s) with no place in Vary: {unknown[:5]}")
     return out
+
+
+def hf_state_dict_to_vary(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' GOT state dict -> ours (see hf_keys_to_vary)."""
+    return {new: sd[key] for new, key in hf_keys_to_vary(sd).items()}
 
 
 def vary_state_dict_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -182,6 +189,8 @@ def export_hf_got(model, dst: str | Path, tokenizer=None) -> Path:
     """Write `model` (a VaryForCausalLM of GOT's shape) as a folder GotOcr2ForConditionalGeneration loads."""
     from transformers import GotOcr2ForConditionalGeneration, GotOcr2ImageProcessorPil
     from transformers.image_utils import PILImageResampling
+
+    model.refuse_if_quantized("export")
 
     hf_config = vary_config_to_hf(model.config)
     state = vary_state_dict_to_hf(model.state_dict())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,20 +304,20 @@ def _apply_rules(key: str, rules: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def convert_state_dict(sd: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    """Official keys -> ours. Raises CheckpointError naming any key it cannot place."""
-    out: dict[str, torch.Tensor] = {}
+def convert_keys(keys: Iterable[str], family: str) -> dict[str, tuple[str, int | None]]:
+    """Official keys -> ours, as {our key: (official key, part)}: part i of 3 where one official matrix holds
+    q, k and v (QWen v1's c_attn), else None. Raises CheckpointError naming any key it cannot place."""
+    out: dict[str, tuple[str, int | None]] = {}
     unknown = []
-    for key, tensor in sd.items():
+    for key in keys:
         sam_prefix = next((p for p in SAM_PREFIXES if key.startswith(p)), None)
         if sam_prefix is not None:
             new = _apply_rules(key[len(sam_prefix) :], _SAM_RULES)
             new = None if new is None else "vision_vocab." + new
-        elif family == "qwen" and re.match(r"transformer\.h\.\d+\.attn\.c_attn\.", key):
-            # fused (3H, ...) -> q, k, v
-            layer, kind = re.match(r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)", key).groups()
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0), strict=True):
-                out[f"language_model.model.layers.{layer}.self_attn.{name}.{kind}"] = part.contiguous()
+        elif family == "qwen" and (fused := re.match(r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)$", key)):
+            layer, kind = fused.groups()
+            for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                out[f"language_model.model.layers.{layer}.self_attn.{name}.{kind}"] = (key, part)
             continue
         elif key.endswith("rotary_emb.inv_freq") or key.endswith("position_ids") or key.endswith(".masked_bias"):
             continue  # buffers recomputed by the model
@@ -326,10 +326,20 @@ def convert_state_dict(sd: dict[str, torch.Tensor], family: str) -> dict[str, to
         if new is None:
             unknown.append(key)
         else:
-            out[new] = tensor
+            out[new] = (key, None)
     if unknown:
         raise CheckpointError(f"official checkpoint has {len(unknown)} key(s) with no place in Vary: {unknown[:5]}")
     return out
+
+
+def take_part(tensor: torch.Tensor, part: int | None) -> torch.Tensor:
+    """`part` of a fused (3H, ...) q/k/v tensor (see convert_keys), or the tensor itself."""
+    return tensor if part is None else tensor.chunk(3, dim=0)[part].contiguous()
+
+
+def convert_state_dict(sd: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """Official state dict -> ours (see convert_keys)."""
+    return {new: take_part(sd[key], part) for new, (key, part) in convert_keys(sd, family).items()}
 
 
 def load_official(folder: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any):

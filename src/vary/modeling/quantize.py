@@ -5,7 +5,7 @@ decoder + 151,860 x 1,024 lm_head: ~1.9 GB in float32). `quantize="int8"` stores
 bytes:
 - every nn.Linear of the decoder layers becomes a dynamically quantized Linear (int8 weights, one scale per
   output channel; activations stay float32 and are quantized per call by fbgemm, so prefill and decode both run
-  integer GEMMs);
+  integer GEMMs); in Qwen2 decoders q/k/v and gate/up are one int8 GEMM each (FusedInt8MLP);
 - the lm_head matmul runs on an int8 copy of its weight (per-row scales), and the input embedding, which only
   looks rows up, keeps int8 rows + scales and dequantizes the rows it reads (`QuantizedEmbedding`). Keeping the
   embedding in float32 would cost 622 MB for GOT-OCR2, 40% of a 1.5 GB budget, for a lookup of one row a token.
@@ -21,13 +21,17 @@ torch.ao's quantized dynamic Linear is fbgemm's packed int8 GEMM. torch marks th
 API deprecated (pointing at torchao); the kernels it calls are the same `torch.ops.quantized` ops, so the
 warning is silenced here, on purpose, around the one call that raises it.
 
-Memory: `load_quantized` never holds a float32 copy of the whole decoder. It builds the model on the meta
-device, loads the non-decoder weights, then the embedding (quantized, float32 freed), then one decoder layer at
-a time (loaded in float32, quantized, float32 freed).
+Memory: `load_quantized` never holds a float32 copy of the whole decoder, for our folders and the released
+layouts alike (their keys are renamed as they are read). It builds the model on the meta device, loads the
+non-decoder weights, then the embedding (quantized, float32 freed), then one decoder layer at a time (loaded
+in float32, quantized, float32 freed).
+
+An int8 model is for inference: saving or exporting it is refused (`VaryForCausalLM.refuse_if_quantized`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import warnings
 from contextlib import contextmanager
@@ -37,6 +41,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
+from transformers.models.qwen2 import modeling_qwen2 as qwen2
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -113,6 +119,78 @@ def int8_linear(rows: Tensor, scale: Tensor, bias: Tensor | None = None) -> nn.M
     return linear
 
 
+def _fused_int8_linear(linears: list[nn.Linear]) -> nn.Module:
+    """One dynamic int8 Linear computing several Linears of the same input (outputs concatenated). Quantized by
+    the same observer as each of them (one scale per output row) and fed one quantized input, so its outputs are
+    the separate int8 Linears' outputs."""
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    has_bias = linears[0].bias is not None
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if has_bias:
+        fused.bias = nn.Parameter(torch.cat([linear.bias.detach() for linear in linears]), requires_grad=False)
+    return _quantize_dynamic(nn.Sequential(fused))[0]  # quantize_dynamic swaps children, not the module passed
+
+
+class FusedInt8MLP(nn.Module):
+    """A gated MLP, down(act(gate(x)) * up(x)) (Qwen2, Llama), with gate and up as one int8 Linear.
+
+    At batch-1 decoding each int8 Linear call has a fixed cost (quantizing the input, a parallel region), and
+    a decode step of GOT-OCR2 makes 169 of them; fusing gate/up here and q/k/v in FusedQKVQwen2Attention makes
+    it 97, and each GEMM reads a longer weight matrix in one pass.
+    """
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.intermediate_size = mlp.gate_proj.out_features
+        self.gate_up_proj = _fused_int8_linear([mlp.gate_proj, mlp.up_proj])
+        self.down_proj = mlp.down_proj
+        self.act_fn = mlp.act_fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+class FusedQKVQwen2Attention(Qwen2Attention):
+    """transformers' Qwen2Attention with q/k/v as one int8 Linear (see FusedInt8MLP for why); rotary, cache and
+    attention kernel are transformers'. Made from a loaded Qwen2Attention by `from_attention`."""
+
+    @classmethod
+    def from_attention(cls, attention: Qwen2Attention) -> FusedQKVQwen2Attention:
+        projections = [attention.q_proj, attention.k_proj, attention.v_proj]
+        attention.qkv_proj = _fused_int8_linear(projections)
+        attention.qkv_sizes = [p.out_features for p in projections]
+        del attention.q_proj, attention.k_proj, attention.v_proj
+        attention.__class__ = cls  # the same module state; forward below reads qkv_proj
+        return attention
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        qkv = self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)
+        q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in qkv)
+        q, k = qwen2.apply_rotary_pos_emb(q, k, *position_embeddings)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+        attend = qwen2.ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, qwen2.eager_attention_forward
+        )
+        out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
+                              sliding_window=self.sliding_window, **kwargs)  # fmt: skip
+        return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+def _quantize_layer(layer: nn.Module) -> nn.Module:
+    """One decoder layer to int8, in place: Qwen2's q/k/v and gate/up fused (FusedInt8MLP), every other Linear
+    a dynamic int8 Linear."""
+    if type(getattr(layer, "self_attn", None)) is Qwen2Attention:
+        FusedQKVQwen2Attention.from_attention(layer.self_attn)
+    if type(getattr(layer, "mlp", None)) is Qwen2MLP:
+        layer.mlp = FusedInt8MLP(layer.mlp)
+    return _quantize_dynamic(layer)
+
+
 @contextmanager
 def _torch_ao_deprecation_silenced():
     """torch.ao.quantization's deprecation notices (see the module docstring): expected here, nothing to act on."""
@@ -154,6 +232,7 @@ def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_r
     padding_idx = getattr(model.get_input_embeddings(), "padding_idx", None)
     model.set_output_embeddings(int8_linear(*(lm_head_rows or embedding_rows), bias))
     model.set_input_embeddings(QuantizedEmbedding(*embedding_rows, padding_idx))
+    model.quantized = "int8"
 
 
 def quantize_model_(model, method: str = "int8", vision_dtype: torch.dtype = torch.float32):
@@ -170,7 +249,7 @@ def quantize_model_(model, method: str = "int8", vision_dtype: torch.dtype = tor
     lm_head = None if tied else quantize_rows(model.get_output_embeddings().weight.detach())
     _quantize_embeddings(model, embedding, lm_head)
     for layer in decoder_layers(model)[1]:
-        _quantize_dynamic(layer)
+        _quantize_layer(layer)
     _cast_vision(model, vision_dtype)
     return model.eval()
 
@@ -191,60 +270,110 @@ def _cast_vision(model, vision_dtype: torch.dtype) -> None:
             child.to(vision_dtype)
 
 
+# --- freed memory -----------------------------------------------------------------------------------------
+# glibc's malloc gives a block above its mmap threshold its own mapping, returned to the OS on free, but it raises
+# that threshold (up to 32 MB) each time such a block is freed; after that, the vision forward's tens-of-MB buffers
+# come from the heap and stay resident once freed. Measured for GOT-OCR2 int8 on one thread: peak RSS over a page
+# 1.87 GB by default, 1.68 GB with the threshold pinned at 256 KB; the decode step allocates almost nothing.
+MMAP_THRESHOLD_BYTES = 256 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
+
+
+def return_freed_memory_to_os() -> bool:
+    """Pin glibc's mmap threshold so that freed large tensors leave RSS; False where the C library is not glibc.
+
+    Process-wide and cheap (an mmap/munmap per block above 256 KB); `load_quantized` calls it, since an int8
+    model is chosen to keep memory low.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 # --- lean loading ----------------------------------------------------------------------------------------
 class _LazyWeights:
-    """Tensors of safetensors files by name, read on demand as float32.
+    """Tensors of safetensors files by our key names, read on demand as float32.
 
     safetensors maps a file into memory and hands out views of it; every page read stays resident (and counted
     in RSS) until the mapping is released, i.e. until the file is closed and no view is alive. So each `take`
     closes the file again; tensors that the model keeps are copied out (`copy=True`), tensors that are only
     read to be quantized stay views, and their pages leave RSS with the mapping (copies of those would land in
     malloc's heap, which does not give freed memory back to the OS reliably).
+
+    `rename` ({our key: (key in the files, part)}, see official.convert_keys) reads a checkpoint of another
+    layout under our names; part i of 3 is a slice of a fused q/k/v matrix.
     """
 
     def __init__(self, files: list[Path]):
-        self.where = {}
+        self.where: dict[str, Path] = {}  # key in the files -> file
+        self.shapes: dict[str, tuple[int, ...]] = {}
         for path in files:
             with safe_open(str(path), framework="pt") as handle:
-                self.where |= dict.fromkeys(handle.keys(), path)
+                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    self.where[key] = path
+                    self.shapes[key] = tuple(handle.get_slice(key).get_shape())
+        self.source: dict[str, tuple[str, int | None]] = {key: (key, None) for key in self.where}
+
+    def meta_state_dict(self) -> dict[str, Tensor]:
+        """Shape-only tensors of the files' keys: what the official config readers need, read from the headers."""
+        return {key: torch.empty(shape, device="meta") for key, shape in self.shapes.items()}
+
+    def rename(self, rename: dict[str, tuple[str, int | None]]) -> None:
+        self.source = rename
 
     def __contains__(self, key: str) -> bool:
-        return key in self.where
+        return key in self.source
+
+    def __iter__(self):
+        return iter(self.source)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        source, part = self.source[key]
+        shape = self.shapes[source]
+        return shape if part is None else (shape[0] // 3, *shape[1:])
 
     def take(self, keys: list[str], strip: str = "", copy: bool = False) -> dict[str, Tensor]:
+        from vary.modeling.official import take_part
+
         out = {}
-        for path in dict.fromkeys(self.where[key] for key in keys):
+        for path in dict.fromkeys(self.where[self.source[key][0]] for key in keys):
             with safe_open(str(path), framework="pt") as handle:
                 for key in keys:
-                    if self.where[key] == path:
-                        out[key.removeprefix(strip)] = handle.get_tensor(key).to(torch.float32, copy=copy)
+                    source, part = self.source[key]
+                    if self.where[source] == path:
+                        tensor = take_part(handle.get_tensor(source), part)
+                        out[key.removeprefix(strip)] = tensor.to(torch.float32, copy=copy)
         return out
 
     def quantized_rows(self, key: str, chunk: int = 8192) -> tuple[Tensor, Tensor]:
         """`quantize_rows` of a matrix, read `chunk` rows at a time: no float copy of the whole matrix."""
-        with safe_open(str(self.where[key]), framework="pt") as handle:
-            n_rows, n_cols = handle.get_slice(key).get_shape()
+        source, part = self.source[key]
+        if part is not None:
+            raise ValueError(f"{key} is part of the fused {source}: read it with take()")
+        n_rows, n_cols = self.shapes[source]
         rows, scale = torch.empty(n_rows, n_cols, dtype=torch.int8), torch.empty(n_rows)
         for start in range(0, n_rows, chunk):
-            with safe_open(str(self.where[key]), framework="pt") as handle:  # closed each time: see the class doc
-                part = handle.get_slice(key)[start : start + chunk]
-            rows[start : start + chunk], scale[start : start + chunk] = quantize_rows(part)
+            with safe_open(str(self.where[source]), framework="pt") as handle:  # closed each time: see the class doc
+                part_rows = handle.get_slice(source)[start : start + chunk]
+            rows[start : start + chunk], scale[start : start + chunk] = quantize_rows(part_rows)
         return rows, scale
 
 
 def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.dtype = torch.float32, **overrides: Any):
     """Load a model folder with an int8 decoder without ever holding the float32 decoder in memory.
 
-    Our folders (safetensors) are read tensor by tensor into a meta-device model, one decoder layer at a time.
-    Official checkpoints are converted in float32 first (their key conversion needs the whole state dict),
-    then quantized in place.
+    safetensors checkpoints, ours or released (official GOT-OCR2 / Vary, transformers' GotOcr2), are read tensor
+    by tensor into a meta-device model under our key names, one decoder layer at a time. Pickled (.bin)
+    checkpoints cannot be read lazily: they are loaded in float32, then quantized in place.
     """
     from vary.config import VaryConfig
-    from vary.modeling.got import is_hf_got, load_hf_got
+    from vary.modeling.got import hf_config_to_vary, hf_keys_to_vary, is_hf_got, load_hf_got
     from vary.modeling.official import (
-        CheckpointError,
-        _reset_buffers,
+        convert_keys,
         load_official,
+        official_config,
         official_family,
         read_config,
         weight_files,
@@ -252,28 +381,54 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
     from vary.modeling.vary import VaryForCausalLM
 
     _check_method(method, vision_dtype)
+    return_freed_memory_to_os()
     path = Path(path)
-    config = read_config(path)
-    if official_family(config) is not None:
-        return quantize_model_(load_official(path, dtype=torch.float32, **overrides), method, vision_dtype)
-    if is_hf_got(config):
-        return quantize_model_(load_hf_got(path, dtype=torch.float32, **overrides), method, vision_dtype)
+    cfg = read_config(path)
     files = weight_files(path)
     if files[0].suffix != ".safetensors":
-        model = VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
+        if official_family(cfg) is not None:
+            model = load_official(path, dtype=torch.float32, **overrides)
+        elif is_hf_got(cfg):
+            model = load_hf_got(path, dtype=torch.float32, **overrides)
+        else:
+            model = VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
         return quantize_model_(model, method, vision_dtype)
-    config = VaryConfig.from_pretrained(path, **overrides)
+    weights = _LazyWeights(files)
+    if (family := official_family(cfg)) is not None:
+        config = official_config(cfg, weights.meta_state_dict(), source=str(path), **overrides)
+        weights.rename(convert_keys(weights.where, family))
+        strict = True
+    elif is_hf_got(cfg):
+        config = hf_config_to_vary(cfg, path, **overrides)
+        weights.rename({new: (key, None) for new, key in hf_keys_to_vary(weights.where).items()})
+        strict = True
+    else:
+        config = VaryConfig.from_pretrained(path, **overrides)
+        strict = False  # as our float loading: extra tensors in our own folders are ignored
+    return _load_lean(config, weights, str(path), strict, vision_dtype)
+
+
+def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_dtype: torch.dtype):
+    """Fill a meta-device VaryForCausalLM from `weights` piece by piece: float32 vision side, int8 embedding and
+    lm_head read in row chunks, then one decoder layer at a time (read in float32, quantized, freed)."""
+    from vary.modeling.official import CheckpointError, _reset_buffers
+    from vary.modeling.vary import VaryForCausalLM
+
     with torch.device("meta"):
         model = VaryForCausalLM(config)
-    weights = _LazyWeights(files)
     prefix, layers = decoder_layers(model)
     embed_name = _module_name(model, model.get_input_embeddings()) + ".weight"
     head_name = _module_name(model, model.get_output_embeddings()) + ".weight"
-    expected = list(model.state_dict())
+    expected = model.state_dict()
     tied = config.tie_word_embeddings
     missing = [k for k in expected if k not in weights and not (tied and k == head_name)]
-    if missing:
-        raise CheckpointError(f"{path}: missing weights {missing[:5]}")
+    unexpected = [k for k in weights if k not in expected] if strict else []
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
+    wrong = [k for k in expected if k in weights and weights.shape(k) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{source}: weight {k} has shape {weights.shape(k)}, expected {tuple(expected[k].shape)}")
 
     # 1. everything outside the decoder layers and the embedding/lm_head matrices, in float32
     rest = [k for k in expected if not k.startswith(prefix + ".") and k not in (embed_name, head_name)]
@@ -297,9 +452,9 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
             for name, param in module.named_parameters(recurse=False):
                 if not (isinstance(module, nn.Linear) and name == "weight"):
                     param.data = param.data.clone()
-        _quantize_dynamic(layer)
+        _quantize_layer(layer)
         gc.collect()
     left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
-        raise CheckpointError(f"{path}: weights not loaded: {left[:5]}")
+        raise CheckpointError(f"{source}: weights not loaded: {left[:5]}")
     return model.eval()

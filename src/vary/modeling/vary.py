@@ -201,6 +201,17 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             kwargs.pop("pixel_values_clip", None)
         return super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
 
+    def refuse_if_quantized(self, action: str) -> None:
+        """An int8 model (vary.modeling.quantize sets `quantized`) is for inference: its packed int8 Linears have
+        no float checkpoint form to write."""
+        if getattr(self, "quantized", None):
+            raise ValueError(f"cannot {action} an {self.quantized} model (quantize={self.quantized!r} is for "
+                             f"inference): {action} the float model and quantize it when loading")  # fmt: skip
+
+    def save_pretrained(self, *args, **kwargs):
+        self.refuse_if_quantized("save")
+        return super().save_pretrained(*args, **kwargs)
+
     def enable_fast_cpu_path(self, enabled: bool = True) -> VaryForCausalLM:
         """Run CPU inference through `vary.modeling.fast`: same outputs (within float rounding), less time and memory.
 
