@@ -165,6 +165,8 @@ def test_merge_rows_keeps_distinct_neighbours_and_drops_a_duplicate():
     assert merge_rows(lines) == [[3, 4, 5, 6], [7, 8, 9], [1, 2]]
     tall = [(1, [3, 4, 5], 0.9), (2, [3, 4, 5], 0.8), (3, [3, 4, 9], 0.7), (4, [7, 8], 0.9)]  # one line, 3 rows
     assert merge_rows(tall) == [[3, 4, 5], [7, 8]]
+    partial = [(1, [3, 4], 0.6), (2, [3, 4, 5, 6, 7, 8], 0.9), (3, [5, 8], 0.5), (4, [9, 9, 9], 0.9), (5, [9], 0.95)]
+    assert merge_rows(partial) == [[3, 4, 5, 6, 7, 8], [9, 9, 9], [9]]  # less confident parts merge
 
 
 def test_reading_head_learns_to_read_a_few_lines(tokenizer):

@@ -111,15 +111,28 @@ def greedy_rows(logits: torch.Tensor, blank: int) -> list[list[tuple[int, list[i
     return out
 
 
-def merge_rows(rows: list[tuple[int, list[int], float]], same: float = 0.6) -> list[list[int]]:
-    """One id list per text line. Training puts each line on the row holding its centre, but a centre near a row
-    boundary can be read by both rows: of two neighbouring rows that read nearly the same ids (normalised
-    Levenshtein similarity >= `same`), keep the more confident. Neighbouring rows that differ are two lines
-    (dense type puts consecutive lines on consecutive rows), and real prose never repeats a line that closely."""
+def same_line(a: tuple[int, list[int], float], b: tuple[int, list[int], float], similar: float = 0.6,
+              contained: float = 0.4) -> bool:  # fmt: skip
+    """Whether two neighbouring rows' readings (row, ids, confidence) are one line: nearly equal (normalised
+    Levenshtein similarity >= `similar`), or the shorter, read less confidently, is a part of the longer with at
+    most `contained` of its characters misread (a row that sees only the top or the bottom of the glyphs reads
+    fewer of them: "This modul" under "This module also provides")."""
+    if Levenshtein.normalized_similarity(a[1], b[1]) >= similar:
+        return True
+    short, long = sorted((a, b), key=lambda row: len(row[1]))
+    excess = Levenshtein.distance(short[1], long[1]) - (len(long[1]) - len(short[1]))  # beyond the missing ones
+    return bool(short[1]) and short[2] < long[2] and excess <= contained * len(short[1])
+
+
+def merge_rows(rows: list[tuple[int, list[int], float]], similar: float = 0.6) -> list[list[int]]:
+    """One id list per text line. Training gives a line to every row its glyphs span, so a line is read by one
+    to three neighbouring rows: of neighbouring rows that read the same line (same_line), keep the most
+    confident. Neighbouring rows that read different text are two lines (dense type puts consecutive lines on
+    consecutive rows), and real prose never repeats a line that closely."""
     lines: list[tuple[int, list[int], float]] = []
     last_row = -2  # the last row merged into lines[-1] (a tall line spans several rows)
     for row in rows:
-        if lines and row[0] == last_row + 1 and Levenshtein.normalized_similarity(row[1], lines[-1][1]) >= same:
+        if lines and row[0] == last_row + 1 and same_line(row, lines[-1], similar):
             if row[2] > lines[-1][2]:
                 lines[-1] = row
         else:
