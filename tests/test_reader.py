@@ -309,3 +309,18 @@ def test_an_image_without_text_goes_to_the_decoder(reader_pipeline, monkeypatch)
     assert len(calls) == 1 and 1 <= result.num_tokens <= 4  # generated, within max_new_tokens
     monkeypatch.setattr(pipe.model, "read_lines", lambda pixels: [[[7, 8]] for _ in range(len(pixels))])
     assert pipe.ocr(image).text == pipe.processor.tokenizer.decode([7, 8]) and len(calls) == 1
+
+
+def test_growing_the_vocabulary_grows_the_reading_head_and_keeps_what_it_read(tokenizer):
+    """A checkpoint's tokenizer extended with a run's new characters resizes the embeddings (train/init.py):
+    the reading head must follow, keep its old rows, and never read a new token it has not been trained on."""
+    torch.manual_seed(0)
+    model = VaryForCausalLM(tiny_reader(len(tokenizer))).eval()
+    grid = model.vision_vocab.grid(torch.randn(1, 3, 64, 64))
+    before = model.reading_logits(grid)
+    model.resize_token_embeddings(len(tokenizer) + 10)
+    after = model.reading_logits(grid)
+    vocab = model.config.text_config.vocab_size
+    assert model.reading_head.out_features == 2 * vocab and vocab >= len(tokenizer) + 10
+    assert torch.allclose(after[..., : len(tokenizer)], before, atol=1e-6)
+    assert (after[..., len(tokenizer) :].max(-1).values < after[..., : len(tokenizer)].max(-1).values).all()

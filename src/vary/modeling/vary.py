@@ -174,6 +174,16 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
                                                                      self.config.text_config.pad_token_id)  # fmt: skip
         return out
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """As PreTrainedModel's, and the reading head follows: it names tokens too (one block of rows per frame).
+        Old rows are kept; a new token starts with zero weights and a bias of -1e4, so it is never read before
+        training has seen it (with the lowest old bias instead, it outscored real characters on some frames)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.reading_head is not None:
+            self.reading_head = resized_reading_head(self.reading_head, self.config.reading_frames,
+                                                     embeddings.weight.shape[0])  # fmt: skip
+        return embeddings
+
     # --- the reading head (conv vocabulary only) ------------------------------------------------------
     def reading_logits(self, grid: torch.Tensor) -> torch.Tensor:
         """(N, C, R, W) grid -> (N, R, W * reading_frames, vocab) frame logits."""
@@ -265,3 +275,19 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
 
 
 VISION_VOCAB_HALVES = ("vision_encoder", "vision_downsample")
+
+
+@torch.no_grad()
+def resized_reading_head(head: nn.Linear, frames: int, vocab: int) -> nn.Linear:
+    """`head` (frames * old vocab outputs) with each frame's block of rows grown or cut to `vocab` tokens."""
+    old = head.out_features // frames
+    weight = head.weight.view(frames, old, -1)
+    bias = head.bias.view(frames, old)
+    new = nn.Linear(head.in_features, frames * vocab).to(head.weight.device, head.weight.dtype)
+    keep = min(old, vocab)
+    new_weight = torch.zeros(frames, vocab, head.in_features, dtype=head.weight.dtype, device=head.weight.device)
+    new_bias = torch.full((frames, vocab), -1e4, dtype=bias.dtype, device=bias.device)
+    new_weight[:, :keep], new_bias[:, :keep] = weight[:, :keep], bias[:, :keep]
+    new.weight.copy_(new_weight.flatten(0, 1))
+    new.bias.copy_(new_bias.flatten())
+    return new
