@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vary.assets import bundled_model_name
+
 # What the loaders read: config + generation config, weights (single or sharded, safetensors or .bin) and every
 # tokenizer format in use (GPT-2 BPE for OPT, qwen.tiktoken for Qwen v1 / GOT, tokenizer.json for ours and the
 # transformers GOT port) plus the transformers processor files of GOT-OCR-2.0-hf.
@@ -260,8 +262,6 @@ def snapshot_repo(path: str | Path) -> str | None:
 def model_name(path: str | Path) -> str:
     """A readable name for a resolved folder: `org/name@abc1234` for a hub snapshot, `bundled:NAME` for the
     model inside the package (its MODEL_CARD.md's title), else the folder name."""
-    from vary.assets import bundled_model_name
-
     if (bundled := bundled_model_name(path)) is not None:
         return f"bundled:{bundled}"
     repo_id = snapshot_repo(path)

@@ -281,13 +281,10 @@ VISION_VOCAB_HALVES = ("vision_encoder", "vision_downsample")
 def resized_reading_head(head: nn.Linear, frames: int, vocab: int) -> nn.Linear:
     """`head` (frames * old vocab outputs) with each frame's block of rows grown or cut to `vocab` tokens."""
     old = head.out_features // frames
-    weight = head.weight.view(frames, old, -1)
-    bias = head.bias.view(frames, old)
-    new = nn.Linear(head.in_features, frames * vocab).to(head.weight.device, head.weight.dtype)
     keep = min(old, vocab)
-    new_weight = torch.zeros(frames, vocab, head.in_features, dtype=head.weight.dtype, device=head.weight.device)
-    new_bias = torch.full((frames, vocab), -1e4, dtype=bias.dtype, device=bias.device)
-    new_weight[:, :keep], new_bias[:, :keep] = weight[:, :keep], bias[:, :keep]
-    new.weight.copy_(new_weight.flatten(0, 1))
-    new.bias.copy_(new_bias.flatten())
+    new = nn.Linear(head.in_features, frames * vocab).to(head.weight.device, head.weight.dtype)
+    new.weight.zero_()
+    new.bias.fill_(-1e4)
+    new.weight.view(frames, vocab, -1)[:, :keep] = head.weight.view(frames, old, -1)[:, :keep]
+    new.bias.view(frames, vocab)[:, :keep] = head.bias.view(frames, old)[:, :keep]
     return new
