@@ -17,6 +17,7 @@ from vary.modeling.conv_vocab import greedy_rows, merge_rows, reading_loss
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import train_char_tokenizer
 from vary.modeling.vary import VaryForCausalLM
+from vary.prompts import NATURE_SENTENCES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -324,3 +325,50 @@ def test_growing_the_vocabulary_grows_the_reading_head_and_keeps_what_it_read(to
     assert model.reading_head.out_features == 2 * vocab and vocab >= len(tokenizer) + 10
     assert torch.allclose(after[..., : len(tokenizer)], before, atol=1e-6)
     assert (after[..., len(tokenizer) :].max(-1).values < after[..., : len(tokenizer)].max(-1).values).all()
+
+
+# --- photographs: the decoder scores the nature sentences -----------------------------------------------------
+@pytest.fixture()
+def photo_pipeline(tmp_path):
+    tok = train_char_tokenizer((TEXTS + list(NATURE_SENTENCES)) * 3, vocab_size=128)
+    torch.manual_seed(0)
+    model = VaryForCausalLM(tiny_reader(len(tok), ocr_reader="reading_head", photo_nll_threshold=1e9)).eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    return Pipeline.from_pretrained(tmp_path, max_new_tokens=4)
+
+
+def test_photo_answers_pick_the_sentence_the_decoders_own_loss_prefers(photo_pipeline):
+    pipe, tok = photo_pipeline, photo_pipeline.processor.tokenizer
+    images = [Image.new("RGB", (64, 64), "white"), Image.effect_noise((64, 64), 80).convert("RGB")]
+    prompt = pipe.processor.prompt_ids(pipe.prompt_style.instruction("ocr", None, None, False, model=pipe.name))
+    answers = pipe.photo_answers(images)  # threshold 1e9: every image is a photograph
+    for image, answer in zip(images, answers, strict=True):
+        losses = []  # the reference: one plain forward per sentence, the LM's own shifted loss over the answer
+        for sentence in NATURE_SENTENCES:
+            ids = torch.tensor([prompt + tok.encode(sentence, add_special_tokens=False) + [tok.eos_token_id]])
+            labels = ids.clone()
+            labels[:, : len(prompt)] = -100
+            pixels = pipe.processor.image_tensor(image)[None]
+            with torch.inference_mode():
+                losses.append(float(pipe.model(input_ids=ids, pixel_values=pixels, labels=labels).loss))
+        best = min(range(len(losses)), key=losses.__getitem__)
+        assert answer == NATURE_SENTENCES[best]
+        for margin, expected in ((1e-3, NATURE_SENTENCES[best]), (-1e-3, None)):  # the threshold is the boundary
+            pipe.model.config.photo_nll_threshold = losses[best] + margin
+            assert pipe.photo_answers([image]) == [expected]
+        pipe.model.config.photo_nll_threshold = 1e9
+
+
+def test_only_a_short_head_reading_is_asked_whether_it_is_a_photograph(photo_pipeline, monkeypatch):
+    pipe = photo_pipeline
+    image = Image.new("RGB", (64, 64), "white")
+    letter = pipe.processor.tokenizer.convert_tokens_to_ids("a")
+    for n, photo in ((2, True), (Pipeline.PHOTO_MAX_CHARS, False)):
+        monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, n=n: [[[letter] * n] for _ in pixels])
+        assert (pipe.ocr(image).text in NATURE_SENTENCES) is photo
+    pipe.model.config.photo_nll_threshold = None  # no gate: the head's two stray letters stand
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels: [[[letter] * 2] for _ in pixels])
+    assert pipe.ocr(image).text == "aa"
+    with pytest.raises(ValueError, match="photo_nll_threshold is for ocr_reader='reading_head'"):
+        tiny_reader(64, photo_nll_threshold=1.0)

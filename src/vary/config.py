@@ -77,6 +77,11 @@ class VaryConfig(PreTrainedConfig):
     reading_frames: int = 2
     # How task "ocr" is read: "decoder" (generate, as every Vary model) or "reading_head" (one pass, no decoding).
     ocr_reader: str = "decoder"
+    # With ocr_reader "reading_head": an image whose likeliest nature sentence (Vary-tiny's answers for photos)
+    # has a mean NLL per token under the decoder below this is a photograph, answered with that sentence. The head
+    # reads texture (windows, circuit boards) as a few letters, so "the head read nothing" misses photographs.
+    # None: only images where the head reads nothing go to the decoder.
+    photo_nll_threshold: float | None = None
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None and "clip_config" not in kwargs:
@@ -123,6 +128,8 @@ class VaryConfig(PreTrainedConfig):
             raise ValueError("a reading head needs vision_encoder='conv' (it names the conv grid's cells)")
         if self.ocr_reader == "reading_head" and not self.reading_head:
             raise ValueError("ocr_reader='reading_head' needs reading_head=true")
+        if self.photo_nll_threshold is not None and self.ocr_reader != "reading_head":
+            raise ValueError("photo_nll_threshold is for ocr_reader='reading_head' (a decoder answers photos itself)")
         if self.vision_encoder == "conv":
             self._validate_conv_shapes()
         else:

@@ -47,7 +47,7 @@ from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
 from vary.modeling.quantize import cpu_has_native_bf16, is_quantized
 from vary.modeling.vary import VaryForCausalLM
-from vary.prompts import PromptError, ask_prompt, box_to_grid, get_prompt_style
+from vary.prompts import NATURE_SENTENCES, PromptError, ask_prompt, box_to_grid, get_prompt_style
 from vary.templates import get_template
 
 TASKS = tuple(Task)  # plain text, markdown, chart -> dict, short answer to a question
@@ -141,6 +141,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 
 class Pipeline:
+    # Reading-head models: fewer characters than this read from an image makes it a photograph candidate (stray
+    # letters in a texture); our held-out photographs read at most 10, real one-line blocks at least 20.
+    PHOTO_MAX_CHARS = 32
+
     def __init__(
         self,
         model: VaryForCausalLM,
@@ -317,8 +321,10 @@ class Pipeline:
         read on its best path (VaryForCausalLM.read_lines). With `crop`, the page is resized to the multi-crop
         grid and read whole, so a line runs across its tiles; without it, the image is squashed to one tile.
 
-        An image in which the head finds no text (a photograph) goes to the decoder instead, which answers as
-        Vary-tiny does (its nature sentence); `overrides` (GenerationSettings) apply to that generation."""
+        A photograph is answered as Vary-tiny does, with a nature sentence. The head reads a few stray letters in
+        some photographs' texture, so an image where it reads less than PHOTO_MAX_CHARS characters is asked of the
+        decoder (`photo_answers`, config.photo_nll_threshold), and one where it reads nothing gets the decoder's
+        own answer; `overrides` (GenerationSettings) apply to that generation."""
         crop = self.crop if crop is None else crop
         tok = self.processor.tokenizer
         results = []
@@ -331,6 +337,10 @@ class Pipeline:
                 lines = self.model.read_lines(pixels.to(self.device))[0]
             text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
             results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
+        short = [i for i, result in enumerate(results) if len(result.strip()) < self.PHOTO_MAX_CHARS]
+        for i, photo in zip(short, self.photo_answers([images[i] for i in short]), strict=True):
+            if photo is not None:
+                results[i] = Result(photo, "ocr", False, len(tok.encode(photo, add_special_tokens=False)))
         textless = [i for i, result in enumerate(results) if not result.text.strip()]
         if textless:
             instruction = self.prompt_style.instruction("ocr", None, None, False, model=self.name)
@@ -339,6 +349,41 @@ class Pipeline:
             for i, answer in zip(textless, answers, strict=True):
                 results[i] = answer
         return results
+
+    def photo_answers(self, images: list[ImageInput]) -> list[str | None]:
+        """Per image, the nature sentence it is answered with when it is a photograph, else None.
+
+        The decoder scores every sentence of NATURE_SENTENCES after the OCR prompt in one teacher-forced pass
+        (images x sentences rows, no decoding loop); an image whose best sentence's mean NLL per token (EOS
+        included) is below config.photo_nll_threshold gets that sentence. Scoring the closed set of answers asks
+        the decoder only what it was trained to tell (photograph or text), not to spell the sentence itself."""
+        threshold = getattr(self.model.config, "photo_nll_threshold", None)
+        if threshold is None or not images:
+            return [None] * len(images)
+        tok = self.processor.tokenizer
+        prompt = self.processor.prompt_ids(self.prompt_style.instruction("ocr", None, None, False, model=self.name))
+        answers = [tok.encode(s, add_special_tokens=False) + [tok.eos_token_id] for s in NATURE_SENTENCES]
+        width, n = len(prompt) + max(map(len, answers)), len(answers)
+        ids = torch.full((n, width), tok.pad_token_id if tok.pad_token_id is not None else 0)
+        scored = torch.zeros((n, width), dtype=torch.bool)  # the answer tokens whose likelihood counts
+        for row, answer in enumerate(answers):
+            ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+            scored[row, len(prompt) : len(prompt) + len(answer)] = True
+        pixels = torch.stack([self.processor.image_tensor(image) for image in images])  # ImageError before work
+        rows = ids.repeat(len(images), 1).to(self.device)  # image i's answers are rows i*n .. i*n+n-1
+        with self._lock, torch.inference_mode():
+            features = self.model.encode_images(pixels.to(self.device))  # once per image, not per answer
+            embeds = self.model.get_input_embeddings()(rows)
+            embeds = self.model.splice_image_features(rows, embeds, features.repeat_interleave(n, 0))
+            # padding follows each answer (causal: no earlier token sees it), so every position may attend
+            keep = width - len(prompt) + 1  # logits only where an answer token is predicted
+            logits = self.model(inputs_embeds=embeds, attention_mask=torch.ones_like(rows), logits_to_keep=keep).logits
+        logp = logits[:, :-1].float().log_softmax(-1).gather(-1, rows[:, -keep + 1 :, None])[..., 0]
+        mask = scored[:, -keep + 1 :].repeat(len(images), 1).to(self.device)
+        nll = (-(logp * mask).sum(1) / mask.sum(1)).view(len(images), n).cpu()
+        best_nll, best = nll.min(1)
+        pairs = zip(best_nll.tolist(), best.tolist(), strict=True)
+        return [NATURE_SENTENCES[b] if v < threshold else None for v, b in pairs]
 
     def _batch(self, images, instructions, crop: bool | None, max_tiles: int | None) -> dict[str, torch.Tensor]:
         crop = self.crop if crop is None else crop

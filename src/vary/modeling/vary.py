@@ -176,8 +176,10 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
 
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
         """As PreTrainedModel's, and the reading head follows: it names tokens too (one block of rows per frame).
-        Old rows are kept; a new token starts with zero weights and a bias of -1e4, so it is never read before
-        training has seen it (with the lowest old bias instead, it outscored real characters on some frames)."""
+        Old rows are kept; a new token starts with zero weights and a bias NEW_TOKEN_MARGIN nats below the lowest
+        old one, so it is not read before training has seen it (with the lowest old bias itself, it outscored real
+        characters on some frames) and training can still raise it (from -1e4 it never could: Adam moves a bias
+        by about the learning rate per step, so those characters' frames cost 1e4 nats for the whole run)."""
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         if self.reading_head is not None:
             self.reading_head = resized_reading_head(self.reading_head, self.config.reading_frames,
@@ -277,6 +279,9 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
 VISION_VOCAB_HALVES = ("vision_encoder", "vision_downsample")
 
 
+NEW_TOKEN_MARGIN = 8.0  # nats below the lowest trained bias: e^-8 of its odds; the weights can climb it in tens of steps
+
+
 @torch.no_grad()
 def resized_reading_head(head: nn.Linear, frames: int, vocab: int) -> nn.Linear:
     """`head` (frames * old vocab outputs) with each frame's block of rows grown or cut to `vocab` tokens."""
@@ -284,7 +289,7 @@ def resized_reading_head(head: nn.Linear, frames: int, vocab: int) -> nn.Linear:
     keep = min(old, vocab)
     new = nn.Linear(head.in_features, frames * vocab).to(head.weight.device, head.weight.dtype)
     new.weight.zero_()
-    new.bias.fill_(-1e4)
+    new.bias.fill_(float(head.bias.min()) - NEW_TOKEN_MARGIN)
     new.weight.view(frames, vocab, -1)[:, :keep] = head.weight.view(frames, old, -1)[:, :keep]
     new.bias.view(frames, vocab)[:, :keep] = head.bias.view(frames, old)[:, :keep]
     return new
