@@ -279,7 +279,8 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
 VISION_VOCAB_HALVES = ("vision_encoder", "vision_downsample")
 
 
-NEW_TOKEN_MARGIN = 8.0  # nats below the lowest trained bias: e^-8 of its odds; the weights can climb it in tens of steps
+# A new head row's bias, in nats below the lowest trained one: e^-8 of its odds; its weights climb that in tens of steps.
+NEW_TOKEN_MARGIN = 8.0
 
 
 @torch.no_grad()
