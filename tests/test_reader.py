@@ -13,7 +13,7 @@ from vary.config import preset
 from vary.data.dataset import Collator, Conversation, line_labels_for
 from vary.data.generators.blocks import BlocksGenerator
 from vary.infer.pipeline import Pipeline
-from vary.modeling.conv_vocab import greedy_rows, merge_rows, reading_loss
+from vary.modeling.conv_vocab import greedy_rows, merge_rows, reading_loss, wide_tokens
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import train_char_tokenizer
 from vary.modeling.vary import VaryForCausalLM
@@ -161,6 +161,21 @@ def test_greedy_rows_collapse_repeats_and_blanks():
     assert [(r, ids) for r, ids, _ in rows] == [(1, [3, 3, 4]), (2, [5, 6])]
 
 
+def test_a_run_of_wide_glyph_frames_is_one_character_the_run_likes_best():
+    # tokens 5, 6 are wide (CJK); 3, 4 narrow. Row 0: one wide glyph split between 5 and 6 over four frames,
+    # 6 surer overall; then a narrow run that keeps its best path. Row 1: no wide token, plain best path.
+    logits = one_hot_rows([[0, 5, 6, 6, 5, 0, 3, 4, 0, 6], [0, 3, 3, 0, 4, 0, 0, 0, 0, 0]])
+    logits[0, 0, 1, 6] = 9.0  # frame 1 also likes 6 a little less than 5
+    wide = torch.zeros(10, dtype=torch.bool)
+    wide[[5, 6]] = True
+    rows = greedy_rows(logits, blank=0, wide=wide)[0]
+    assert [(r, ids) for r, ids, _ in rows] == [(0, [6, 3, 4, 6]), (1, [3, 4])]
+    assert [(r, ids) for r, ids, _ in greedy_rows(logits, blank=0)[0]][0] == (0, [5, 6, 5, 3, 4, 6])  # without
+    tok = train_char_tokenizer(TEXTS, vocab_size=128)
+    marked = {t for t, i in tok.get_vocab().items() if wide_tokens(tok, len(tok))[i]}
+    assert {"中", "，", "。"} <= marked and not marked & set("The quick 0123456789")
+
+
 def test_merge_rows_keeps_distinct_neighbours_and_drops_a_duplicate():
     lines = [(1, [3, 4, 5, 6], 0.9), (2, [3, 4, 5, 6], 0.95), (3, [7, 8, 9], 0.8), (5, [1, 2], 0.7)]
     assert merge_rows(lines) == [[3, 4, 5, 6], [7, 8, 9], [1, 2]]
@@ -232,7 +247,7 @@ def test_pipeline_reads_ocr_with_the_head_and_other_tasks_with_the_decoder(reade
     image = Image.new("RGB", (64, 64), "white")
     pixels = pipe.processor.image_tensor(image)[None]
     expected = "\n".join(pipe.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                         for ids in pipe.model.read_lines(pixels)[0])  # fmt: skip
+                         for ids in pipe.model.read_lines(pixels, pipe.wide_tokens)[0])  # fmt: skip
     result = pipe.ocr(image)
     assert result.task == "ocr"
     if expected:
@@ -302,13 +317,13 @@ def test_trainer_logs_the_reading_loss_and_refuses_what_cannot_train_it(tmp_path
 def test_an_image_without_text_goes_to_the_decoder(reader_pipeline, monkeypatch):
     pipe = reader_pipeline
     image = Image.new("RGB", (64, 64), "white")
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels: [[] for _ in range(len(pixels))])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None: [[] for _ in range(len(pixels))])
     calls = []
     generate = pipe._generate
     monkeypatch.setattr(pipe, "_generate", lambda *a, **k: calls.append(a) or generate(*a, **k))
     result = pipe.ocr(image)
     assert len(calls) == 1 and 1 <= result.num_tokens <= 4  # generated, within max_new_tokens
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels: [[[7, 8]] for _ in range(len(pixels))])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None: [[[7, 8]] for _ in range(len(pixels))])
     assert pipe.ocr(image).text == pipe.processor.tokenizer.decode([7, 8]) and len(calls) == 1
 
 
@@ -365,10 +380,10 @@ def test_only_a_short_head_reading_is_asked_whether_it_is_a_photograph(photo_pip
     image = Image.new("RGB", (64, 64), "white")
     letter = pipe.processor.tokenizer.convert_tokens_to_ids("a")
     for n, photo in ((2, True), (Pipeline.PHOTO_MAX_CHARS, False)):
-        monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, n=n: [[[letter] * n] for _ in pixels])
+        monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, n=n: [[[letter] * n] for _ in pixels])
         assert (pipe.ocr(image).text in NATURE_SENTENCES) is photo
     pipe.model.config.photo_nll_threshold = None  # no gate: the head's two stray letters stand
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels: [[[letter] * 2] for _ in pixels])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None: [[[letter] * 2] for _ in pixels])
     assert pipe.ocr(image).text == "aa"
     with pytest.raises(ValueError, match="photo_nll_threshold is for ocr_reader='reading_head'"):
         tiny_reader(64, photo_nll_threshold=1.0)

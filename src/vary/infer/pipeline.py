@@ -21,6 +21,7 @@ GOT-OCR2 models also take GOT's fine-grained prompts and its multi-crop mode:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import threading
 import warnings
@@ -42,6 +43,7 @@ from vary.infer.generation import (
     generated_ids,
 )
 from vary.infer.tasks import Task
+from vary.modeling.conv_vocab import wide_tokens
 from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
@@ -334,7 +336,7 @@ class Pipeline:
             else:
                 pixels = self.processor.image_tensor(image)[None]
             with self._lock, torch.inference_mode():
-                lines = self.model.read_lines(pixels.to(self.device))[0]
+                lines = self.model.read_lines(pixels.to(self.device), self.wide_tokens)[0]
             text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
             results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
         short = [i for i, result in enumerate(results) if len(result.strip()) < self.PHOTO_MAX_CHARS]
@@ -349,6 +351,11 @@ class Pipeline:
             for i, answer in zip(textless, answers, strict=True):
                 results[i] = answer
         return results
+
+    @functools.cached_property
+    def wide_tokens(self) -> torch.Tensor:
+        """The tokens whose glyphs are wide (CJK): the reading head reads each run of their frames as one."""
+        return wide_tokens(self.processor.tokenizer, self.model.config.text_config.vocab_size).to(self.device)
 
     def photo_answers(self, images: list[ImageInput]) -> list[str | None]:
         """Per image, the nature sentence it is answered with when it is a photograph, else None.

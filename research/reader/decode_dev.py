@@ -1,0 +1,89 @@
+"""Decoding variants of the reading head, compared on a dev set (not the held-out test sets).
+
+Dev: `vary data generate blocks --count 64 --lang zh --size 512 --seed 2000 --option text=prose
+--option split=heldout --option boxes=true` (and en): held-out faces and passages like the test sets, other
+samples. The head runs once per image; each variant decodes the same frame probabilities:
+
+    python research/reader/decode_dev.py MODEL data/reader/dev-zh data/reader/dev-en
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import torch
+from rapidfuzz.distance import Levenshtein
+
+from vary.data.shards import iter_shards
+from vary.infer.pipeline import Pipeline
+from vary.modeling.conv_vocab import merge_rows
+
+
+def rows_of(probs: torch.Tensor, blank: int, min_conf: float = 0.0, cjk_runs: bool = False, cjk_ids=None,
+            min_run_conf: float = 0.0):
+    """greedy_rows for one image's (R, F, V) probabilities, with the variants' two changes."""
+    conf, best = probs.max(-1)
+    best = torch.where((best != blank) & (conf < min_conf), torch.full_like(best, blank), best)
+    rows = []
+    for r in range(best.shape[0]):
+        ids, confs, run = [], [], []  # run: the frames since the last blank
+        frames = best[r].tolist() + [blank]
+        for f, b in enumerate(frames):
+            if b == blank:
+                if run:
+                    if cjk_runs and any(cjk_ids[best[r, g]] for g in run):
+                        total = probs[r, run].sum(0)  # the run's summed probabilities: one character
+                        c = int(total.argmax())
+                        if float(total[c]) / len(run) >= min_run_conf:
+                            ids.append(c)
+                            confs.append(float(total[c]) / len(run))
+                    else:
+                        prev = None
+                        for g in run:
+                            if best[r, g] != prev:
+                                ids.append(int(best[r, g]))
+                                confs.append(float(conf[r, g]))
+                            prev = best[r, g]
+                run = []
+            else:
+                run.append(f)
+        if ids:
+            rows.append((r, ids, sum(confs) / len(confs)))
+    return rows
+
+
+def wide(char: str) -> bool:
+    """CJK ideographs, CJK punctuation and full-width forms: glyphs about as wide as they are tall."""
+    return "\u3400" <= char <= "\u9fff" or "\u3000" <= char <= "\u303f" or "\uff00" <= char <= "\uffef"
+
+
+def main(model: str, folders: list[str], limit: int = 64) -> None:
+    pipe = Pipeline.from_pretrained(model)
+    tok = pipe.processor.tokenizer
+    blank = tok.pad_token_id
+    vocab = pipe.model.config.text_config.vocab_size
+    cjk_ids = torch.zeros(vocab, dtype=torch.bool)
+    for token, i in tok.get_vocab().items():
+        if i < vocab and len(token) == 1 and wide(token):
+            cjk_ids[i] = True
+    variants = {"greedy": {}, "conf>0.3": {"min_conf": 0.3},
+                "cjk-run": {"cjk_runs": True}, "cjk-run+run>0.2": {"cjk_runs": True, "min_run_conf": 0.2},
+                "cjk-run+run>0.3": {"cjk_runs": True, "min_run_conf": 0.3},
+                "cjk-run+run>0.4": {"cjk_runs": True, "min_run_conf": 0.4}}
+    for folder in folders:
+        scores = {name: [] for name in variants}
+        for sample in itertools.islice(iter_shards(folder), limit):
+            pixels = pipe.processor.image_tensor(sample.image)[None]
+            with torch.inference_mode():
+                probs = pipe.model.reading_logits(pipe.model.vision_vocab.grid(pixels))[0].float().softmax(-1)
+            for name, options in variants.items():
+                lines = merge_rows(rows_of(probs, blank, cjk_ids=cjk_ids, **options))
+                text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
+                scores[name].append(Levenshtein.normalized_distance(text, sample.target))
+        for name, values in scores.items():
+            print(f"{folder}\t{name}\t{sum(values) / len(values):.3f}\tn={len(values)}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
