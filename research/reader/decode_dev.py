@@ -17,7 +17,7 @@ from rapidfuzz.distance import Levenshtein
 
 from vary.data.shards import iter_shards
 from vary.infer.pipeline import Pipeline
-from vary.modeling.conv_vocab import merge_rows
+from vary.modeling.conv_vocab import merge_rows, same_line
 
 
 def rows_of(probs: torch.Tensor, blank: int, min_conf: float = 0.0, cjk_runs: bool = False, cjk_ids=None,
@@ -53,6 +53,20 @@ def rows_of(probs: torch.Tensor, blank: int, min_conf: float = 0.0, cjk_runs: bo
     return rows
 
 
+def merge_variant(rows, similar: float = 0.6, contained: float = 0.4, min_row_conf: float = 0.0):
+    """merge_rows with its two thresholds exposed, after dropping rows read with low mean confidence."""
+    rows = [row for row in rows if row[2] >= min_row_conf]
+    lines, last_row = [], -2
+    for row in rows:
+        if lines and row[0] == last_row + 1 and same_line(row, lines[-1], similar, contained):
+            if row[2] > lines[-1][2]:
+                lines[-1] = row
+        else:
+            lines.append(row)
+        last_row = row[0]
+    return [ids for _, ids, _ in lines]
+
+
 def wide(char: str) -> bool:
     """CJK ideographs, CJK punctuation and full-width forms: glyphs about as wide as they are tall."""
     return "\u3400" <= char <= "\u9fff" or "\u3000" <= char <= "\u303f" or "\uff00" <= char <= "\uffef"
@@ -67,10 +81,11 @@ def main(model: str, folders: list[str], limit: int = 64) -> None:
     for token, i in tok.get_vocab().items():
         if i < vocab and len(token) == 1 and wide(token):
             cjk_ids[i] = True
-    variants = {"greedy": {}, "conf>0.3": {"min_conf": 0.3},
-                "cjk-run": {"cjk_runs": True}, "cjk-run+run>0.2": {"cjk_runs": True, "min_run_conf": 0.2},
-                "cjk-run+run>0.3": {"cjk_runs": True, "min_run_conf": 0.3},
-                "cjk-run+run>0.4": {"cjk_runs": True, "min_run_conf": 0.4}}
+    variants = {"greedy": {}, "cjk-run": {"cjk_runs": True},
+                "cjk-run, merge contained 0.6": {"cjk_runs": True, "contained": 0.6},
+                "cjk-run, merge similar 0.5": {"cjk_runs": True, "similar": 0.5},
+                "cjk-run, rows conf>=0.3": {"cjk_runs": True, "min_row_conf": 0.3},
+                "cjk-run, rows conf>=0.4": {"cjk_runs": True, "min_row_conf": 0.4}}
     for folder in folders:
         scores = {name: [] for name in variants}
         for sample in itertools.islice(iter_shards(folder), limit):
@@ -78,7 +93,9 @@ def main(model: str, folders: list[str], limit: int = 64) -> None:
             with torch.inference_mode():
                 probs = pipe.model.reading_logits(pipe.model.vision_vocab.grid(pixels))[0].float().softmax(-1)
             for name, options in variants.items():
-                lines = merge_rows(rows_of(probs, blank, cjk_ids=cjk_ids, **options))
+                options = dict(options)
+                merge = {k: options.pop(k) for k in ("contained", "similar", "min_row_conf") if k in options}
+                lines = merge_variant(rows_of(probs, blank, cjk_ids=cjk_ids, **options), **merge)
                 text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
                 scores[name].append(Levenshtein.normalized_distance(text, sample.target))
         for name, values in scores.items():
