@@ -17,11 +17,17 @@ from rapidfuzz.distance import Levenshtein
 
 from vary.data.shards import iter_shards
 from vary.infer.pipeline import Pipeline
-from vary.modeling.conv_vocab import merge_rows, same_line
+from vary.modeling.conv_vocab import merge_rows, wide_tokens
 
 
-def rows_of(probs: torch.Tensor, blank: int, min_conf: float = 0.0, cjk_runs: bool = False, cjk_ids=None,
-            min_run_conf: float = 0.0):
+def rows_of(
+    probs: torch.Tensor,
+    blank: int,
+    min_conf: float = 0.0,
+    cjk_runs: bool = False,
+    cjk_ids=None,
+    min_run_conf: float = 0.0,
+):
     """greedy_rows for one image's (R, F, V) probabilities, with the variants' two changes."""
     conf, best = probs.max(-1)
     best = torch.where((best != blank) & (conf < min_conf), torch.full_like(best, blank), best)
@@ -54,22 +60,8 @@ def rows_of(probs: torch.Tensor, blank: int, min_conf: float = 0.0, cjk_runs: bo
 
 
 def merge_variant(rows, similar: float = 0.6, contained: float = 0.4, min_row_conf: float = 0.0):
-    """merge_rows with its two thresholds exposed, after dropping rows read with low mean confidence."""
-    rows = [row for row in rows if row[2] >= min_row_conf]
-    lines, last_row = [], -2
-    for row in rows:
-        if lines and row[0] == last_row + 1 and same_line(row, lines[-1], similar, contained):
-            if row[2] > lines[-1][2]:
-                lines[-1] = row
-        else:
-            lines.append(row)
-        last_row = row[0]
-    return [ids for _, ids, _ in lines]
-
-
-def wide(char: str) -> bool:
-    """CJK ideographs, CJK punctuation and full-width forms: glyphs about as wide as they are tall."""
-    return "\u3400" <= char <= "\u9fff" or "\u3000" <= char <= "\u303f" or "\uff00" <= char <= "\uffef"
+    """merge_rows with its thresholds set, after dropping rows read with low mean confidence."""
+    return merge_rows([row for row in rows if row[2] >= min_row_conf], similar, contained)
 
 
 def main(model: str, folders: list[str], limit: int = 64) -> None:
@@ -77,15 +69,15 @@ def main(model: str, folders: list[str], limit: int = 64) -> None:
     tok = pipe.processor.tokenizer
     blank = tok.pad_token_id
     vocab = pipe.model.config.text_config.vocab_size
-    cjk_ids = torch.zeros(vocab, dtype=torch.bool)
-    for token, i in tok.get_vocab().items():
-        if i < vocab and len(token) == 1 and wide(token):
-            cjk_ids[i] = True
-    variants = {"greedy": {}, "cjk-run": {"cjk_runs": True},
-                "cjk-run, merge contained 0.6": {"cjk_runs": True, "contained": 0.6},
-                "cjk-run, merge similar 0.5": {"cjk_runs": True, "similar": 0.5},
-                "cjk-run, rows conf>=0.3": {"cjk_runs": True, "min_row_conf": 0.3},
-                "cjk-run, rows conf>=0.4": {"cjk_runs": True, "min_row_conf": 0.4}}
+    cjk_ids = wide_tokens(tok, vocab)
+    variants = {
+        "greedy": {},
+        "cjk-run": {"cjk_runs": True},
+        "cjk-run, merge contained 0.6": {"cjk_runs": True, "contained": 0.6},
+        "cjk-run, merge similar 0.5": {"cjk_runs": True, "similar": 0.5},
+        "cjk-run, rows conf>=0.3": {"cjk_runs": True, "min_row_conf": 0.3},
+        "cjk-run, rows conf>=0.4": {"cjk_runs": True, "min_row_conf": 0.4},
+    }
     for folder in folders:
         scores = {name: [] for name in variants}
         for sample in itertools.islice(iter_shards(folder), limit):

@@ -173,7 +173,8 @@ def same_line(a: tuple[int, list[int], float], b: tuple[int, list[int], float], 
     return bool(short[1]) and short[2] < long[2] and excess <= contained * len(short[1])
 
 
-def merge_rows(rows: list[tuple[int, list[int], float]], similar: float = 0.6) -> list[list[int]]:
+def merge_rows(rows: list[tuple[int, list[int], float]], similar: float = 0.6,
+               contained: float = 0.4) -> list[list[int]]:  # fmt: skip
     """One id list per text line. Training gives a line to every row its glyphs span, so a line is read by one
     to three neighbouring rows: of neighbouring rows that read the same line (same_line), keep the most
     confident. Neighbouring rows that read different text are two lines (dense type puts consecutive lines on
@@ -181,7 +182,7 @@ def merge_rows(rows: list[tuple[int, list[int], float]], similar: float = 0.6) -
     lines: list[tuple[int, list[int], float]] = []
     last_row = -2  # the last row merged into lines[-1] (a tall line spans several rows)
     for row in rows:
-        if lines and row[0] == last_row + 1 and same_line(row, lines[-1], similar):
+        if lines and row[0] == last_row + 1 and same_line(row, lines[-1], similar, contained):
             if row[2] > lines[-1][2]:
                 lines[-1] = row
         else:
