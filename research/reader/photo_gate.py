@@ -19,27 +19,6 @@ from vary.data.shards import iter_shards
 from vary.eval.metrics import nature_accuracy
 from vary.infer.pipeline import Pipeline
 from vary.modeling.conv_vocab import greedy_rows
-from vary.prompts import NATURE_SENTENCES
-
-
-def nature_nll(pipe: Pipeline, image, instruction: str) -> float:
-    """The decoder's lowest mean negative log-likelihood per token over the nature sentences (+ EOS)."""
-    tok = pipe.processor.tokenizer
-    prompt = pipe.processor.prompt_ids(instruction)
-    rows = [tok.encode(s, add_special_tokens=False) + [tok.eos_token_id] for s in NATURE_SENTENCES]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), len(prompt) + width), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(prompt) + len(row)] = torch.tensor(prompt + row)
-        mask[i, : len(prompt) + len(row)] = 1
-    pixels = pipe.processor.image_tensor(image)[None].expand(len(rows), -1, -1, -1)
-    with torch.inference_mode():
-        logits = pipe.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits.float()
-    logp = logits[:, len(prompt) - 1 : -1].log_softmax(-1)
-    target = ids[:, len(prompt) :]
-    nll = -logp.gather(-1, target[..., None])[..., 0] * mask[:, len(prompt) :]
-    return float((nll.sum(1) / mask[:, len(prompt) :].sum(1)).min())
 
 
 def main(model: str, folders: list[str], limit: int = 48) -> None:
@@ -51,7 +30,7 @@ def main(model: str, folders: list[str], limit: int = 48) -> None:
             pixels = pipe.processor.image_tensor(sample.image)[None]
             with torch.inference_mode():
                 grid = pipe.model.vision_vocab.grid(pixels)
-                rows = greedy_rows(pipe.model.reading_logits(grid), tok.pad_token_id)[0]
+                rows = greedy_rows(pipe.model.reading_logits(grid), tok.pad_token_id, pipe.wide_tokens)[0]
             answer = pipe._generate(pipe._batch([sample.image], instruction, False, None), "ocr", None, None,
                                     pipe.settings)[0].text  # fmt: skip
             print(json.dumps({"set": folder.rsplit("/", 1)[-1], "id": sample.key,
@@ -59,7 +38,7 @@ def main(model: str, folders: list[str], limit: int = 48) -> None:
                               "conf_max": max((r[2] for r in rows), default=0.0),
                               "conf_mean": sum(r[2] for r in rows) / len(rows) if rows else 0.0,
                               "decoder_nature": nature_accuracy(answer),
-                              "nature_nll": nature_nll(pipe, sample.image, instruction), "decoder": answer[:60]},
+                              "nature_nll": float(pipe.nature_nll([sample.image]).min()), "decoder": answer[:60]},
                              ensure_ascii=False), flush=True)  # fmt: skip
 
 

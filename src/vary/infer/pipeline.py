@@ -358,15 +358,20 @@ class Pipeline:
         return wide_tokens(self.processor.tokenizer, self.model.config.text_config.vocab_size).to(self.device)
 
     def photo_answers(self, images: list[ImageInput]) -> list[str | None]:
-        """Per image, the nature sentence it is answered with when it is a photograph, else None.
-
-        The decoder scores every sentence of NATURE_SENTENCES after the OCR prompt in one teacher-forced pass
-        (images x sentences rows, no decoding loop); an image whose best sentence's mean NLL per token (EOS
-        included) is below config.photo_nll_threshold gets that sentence. Scoring the closed set of answers asks
-        the decoder only what it was trained to tell (photograph or text), not to spell the sentence itself."""
+        """Per image, the nature sentence it is answered with when it is a photograph, else None: the sentence the
+        decoder finds likeliest (`nature_nll`) when its NLL is below config.photo_nll_threshold. Scoring the
+        closed set of answers asks the decoder only what it was trained to tell (photograph or text), not to
+        spell the sentence itself."""
         threshold = getattr(self.model.config, "photo_nll_threshold", None)
         if threshold is None or not images:
             return [None] * len(images)
+        best_nll, best = self.nature_nll(images).min(1)
+        pairs = zip(best_nll.tolist(), best.tolist(), strict=True)
+        return [NATURE_SENTENCES[b] if v < threshold else None for v, b in pairs]
+
+    def nature_nll(self, images: list[ImageInput]) -> torch.Tensor:
+        """(images, NATURE_SENTENCES) mean NLL per token (EOS included) of each sentence after the OCR prompt,
+        under the decoder: one teacher-forced pass of images x sentences rows, each image encoded once."""
         tok = self.processor.tokenizer
         prompt = self.processor.prompt_ids(self.prompt_style.instruction("ocr", None, None, False, model=self.name))
         answers = [tok.encode(s, add_special_tokens=False) + [tok.eos_token_id] for s in NATURE_SENTENCES]
@@ -387,10 +392,7 @@ class Pipeline:
             logits = self.model(inputs_embeds=embeds, attention_mask=torch.ones_like(rows), logits_to_keep=keep).logits
         logp = logits[:, :-1].float().log_softmax(-1).gather(-1, rows[:, -keep + 1 :, None])[..., 0]
         mask = scored[:, -keep + 1 :].repeat(len(images), 1).to(self.device)
-        nll = (-(logp * mask).sum(1) / mask.sum(1)).view(len(images), n).cpu()
-        best_nll, best = nll.min(1)
-        pairs = zip(best_nll.tolist(), best.tolist(), strict=True)
-        return [NATURE_SENTENCES[b] if v < threshold else None for v, b in pairs]
+        return (-(logp * mask).sum(1) / mask.sum(1)).view(len(images), n).cpu()
 
     def _batch(self, images, instructions, crop: bool | None, max_tiles: int | None) -> dict[str, torch.Tensor]:
         crop = self.crop if crop is None else crop
