@@ -3,18 +3,20 @@
     python benchmarks/bench_model.py                  # ~10 minutes on 2 cores
     python benchmarks/bench_model.py --quick          # ~4 minutes: fewer tokens, no 1,024-token page
     python benchmarks/bench_model.py --models got-ocr2 --configs int8,hf-fp32 --no-quality
+    python benchmarks/bench_model.py --models vary-toy --configs fp32,int8 --no-quality   # 1.8 B: ~8 minutes
 
 Every configuration runs in its own child process, so its peak RSS (ru_maxrss: model load + one page) is its own.
 Ours load a random-weight checkpoint saved once per model (seed 0) through `vary.load_model`, with the fast CPU
-path on: `fp32`, `int8` (`quantize="int8"`), `int8-bf16vision` (`quantize="int8", dtype=bfloat16`: int8 decoder,
-bf16 vision branch), `int8-released` (GOT-OCR2 only: `int8` from the same weights written in a released layout,
+path on: `fp32`, `int8` (`quantize="int8"`, float32 vision: the CLI's `--quantize int8` on CPUs without native
+bf16), `int8-bf16vision` (`quantize="int8", dtype=bfloat16`: int8 decoder, bf16 vision branch: the CLI's
+`--quantize int8` where bf16 is native), `int8-released` (GOT-OCR2 only: `int8` from the same weights written in a released layout,
 transformers' GotOcr2, which the int8 load renames tensor by tensor: its "RSS load GB" is the lean load of a
 released checkpoint), `bf16` (both bf16 ones only where the CPU has native bf16, see
 `vary.modeling.quantize.cpu_has_native_bf16`; elsewhere it is emulated and 15-30x slower). `hf-fp32` is
 transformers' `GotOcr2ForConditionalGeneration` at GOT-OCR2's sizes (its default config), random weights.
 Per configuration: one page = `generate` with a random 1024x1024 image and its 256 image tokens, greedy, eos
 off, exactly --new-tokens new tokens (--page-tokens for GOT int8 and hf-fp32: the end-to-end page comparison).
-  - vision s: the vision branch alone, timed once after the page (warm);
+  - vision s: the vision branches alone (Vary-toy: SAM + CLIP), timed once after the page (warm);
   - first token s: vision + prefill; decode tok/s: tokens 2..--new-tokens over their wall time (CPU ms/tok:
     their process CPU time per token, all threads: on a busy machine wall time rises, this less so);
   - page s: encode + prefill + all new tokens.
@@ -41,7 +43,8 @@ import time
 from pathlib import Path
 
 TARGETS = "vary-tiny int8 decode >= 2x fp32; GOT-OCR2 int8 decode >= 35 tok/s, peak RSS <= 1.5 GB; page >= 2x hf-fp32"
-MODELS = ("vary-tiny", "got-ocr2")
+MODELS = ("vary-tiny", "got-ocr2", "vary-toy")
+DEFAULT_MODELS = ("vary-tiny", "got-ocr2")  # vary-toy (1.8 B, 7.4 GB in float32) only when named
 CONFIGS = ("fp32", "int8", "int8-bf16vision", "int8-released", "bf16", "hf-fp32")
 DEFAULT_CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -81,18 +84,23 @@ def load_ours(folder, variant: str, **overrides):
 
 
 def page_inputs(model, hf: bool):
-    """A random 1024x1024 image and a prompt of exactly its image tokens (what the decoder reads per page)."""
+    """A random 1024x1024 image and a prompt of exactly its image tokens (what the decoder reads per page); the
+    images as generate() keyword arguments (Vary-toy: + a 224x224 CLIP view)."""
     import torch
 
     cfg = model.config
+    generator = torch.Generator().manual_seed(1)
     if hf:
         size, n_image = cfg.vision_config.image_size, 256
         ids = [cfg.image_token_index] * n_image
     else:
         size = cfg.image_size
         ids = [cfg.image_start_token_id] + [cfg.image_patch_token_id] * cfg.image_token_len + [cfg.image_end_token_id]
-    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    return torch.tensor([ids]), pixels
+    images = {"pixel_values": torch.randn(1, 3, size, size, generator=generator)}
+    if not hf and cfg.clip_config is not None:
+        clip = cfg.clip_config.image_size
+        images["pixel_values_clip"] = torch.randn(1, 3, clip, clip, generator=generator)
+    return torch.tensor([ids]), images
 
 
 def child_time(spec: dict) -> dict:
@@ -112,8 +120,8 @@ def child_time(spec: dict) -> dict:
         model = load_ours(spec["checkpoint"], spec["config"])
     load_s = time.perf_counter() - start
     rss_load = peak_rss_gb()
-    input_ids, pixels = page_inputs(model, hf)
-    pixels = pixels.to(model.dtype)
+    input_ids, images = page_inputs(model, hf)
+    images = {name: image.to(model.dtype) for name, image in images.items()}
 
     class Stamps(StoppingCriteria):  # called once per generated token
         def __init__(self):
@@ -128,7 +136,7 @@ def child_time(spec: dict) -> dict:
     pad = model.generation_config.pad_token_id or 0
     start = time.perf_counter()
     with torch.inference_mode():
-        model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=new, min_new_tokens=new,
+        model.generate(input_ids=input_ids, **images, max_new_tokens=new, min_new_tokens=new,
                        do_sample=False, eos_token_id=None, pad_token_id=pad,
                        stopping_criteria=StoppingCriteriaList([stamps]))  # fmt: skip
     page_s = time.perf_counter() - start
@@ -137,9 +145,9 @@ def child_time(spec: dict) -> dict:
     with torch.inference_mode():
         vision = time.perf_counter()
         if hf:
-            model.model.get_image_features(pixels)
+            model.model.get_image_features(images["pixel_values"])
         else:
-            model.vision_vocab(pixels)
+            model.encode_images(**images)
         vision_s = time.perf_counter() - vision
     return {
         "load_s": load_s, "vision_s": vision_s, "first_token_s": stamps.wall[0] - start,
@@ -195,8 +203,7 @@ def child_quality(spec: dict) -> dict:
     else:
         folder, overrides = spec["checkpoint"], {}
         model = load_ours(folder, "fp32")
-        input_ids, image = page_inputs(model, hf=False)
-        pixels = {"pixel_values": image}
+        input_ids, pixels = page_inputs(model, hf=False)
         del model
 
     def run(variant):
@@ -252,7 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="64 decode tokens, 256-token page, 64 quality tokens")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens per page (default 128; quick 64)")
     parser.add_argument("--page-tokens", type=int, default=None,

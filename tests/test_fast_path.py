@@ -14,7 +14,9 @@ from transformers import AutoModelForCausalLM, OPTConfig
 
 from conftest import tiny_config
 from test_conformance import _case_inputs, _load_case_model, cases
+from test_quantize import got_like_config, saved_model
 from vary.modeling import fast
+from vary.modeling.loading import load_model
 from vary.modeling.vary import VaryForCausalLM
 
 ATOL = 1e-4
@@ -28,18 +30,23 @@ def _randomise_vision(model: VaryForCausalLM) -> None:
             torch.nn.init.normal_(param, mean=1.0 if "layer_norm" in name else 0.0, std=0.5)
 
 
-@pytest.fixture
-def fast_calls(monkeypatch) -> list[int]:
-    """Counts calls into the fast encoder, so a silent fallback to the plain path fails the test."""
+def counted_calls(monkeypatch, name: str) -> list[int]:
+    """Counts calls into vary.modeling.fast.<name>, so a silent fallback to the plain path fails the test."""
     calls: list[int] = []
-    original = fast.sam_encoder_forward
+    original = getattr(fast, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fast, "sam_encoder_forward", counted)
+    monkeypatch.setattr(fast, name, counted)
     return calls
+
+
+@pytest.fixture
+def fast_calls(monkeypatch) -> list[int]:
+    """Calls into the fast encoder."""
+    return counted_calls(monkeypatch, "sam_encoder_forward")
 
 
 VISION_CASES = {
@@ -144,3 +151,59 @@ def test_official_parity_with_fast_path(case_dir, fast_calls):
     assert fast_calls
     torch.testing.assert_close(out.hidden_states[-1][0], expected["last_hidden_state"], atol=1e-3, rtol=0)
     assert generated[0, inputs["input_ids"].shape[1] :].tolist() == expected["generated_ids"].tolist()
+
+
+# --- the lean Qwen2 decoding step (GOT-OCR2, Vary-toy) -------------------------------------------------------
+@pytest.fixture
+def lean_steps(monkeypatch) -> list[int]:
+    """Decoding steps taken by fast.qwen2_decode_step."""
+    return counted_calls(monkeypatch, "qwen2_decode_step")
+
+
+def _got_like(tmp_path, quantize=None):
+    saved_model(tmp_path, got_like_config(tied=False), seed=5)  # 4 query heads over 2 key/value heads
+    return load_model(tmp_path, quantize=quantize).eval()
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=["float32", "int8"])
+def test_lean_qwen2_decoding_matches_transformers(tmp_path, quantize, lean_steps):
+    """Greedy ids equal and per-step logits within float rounding of transformers' Qwen2 forward (int8: within
+    activation-quantization rounding), past the preallocated cache's first regrowth, with the float Linears and
+    with the fused int8 ones."""
+    model = _got_like(tmp_path, quantize)
+    cfg = model.config
+    ids = torch.tensor([[5, cfg.image_start_token_id] + [cfg.image_patch_token_id] * 16 + [cfg.image_end_token_id, 9]])
+    pixels = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(6))
+    kwargs = dict(max_new_tokens=300, min_new_tokens=300, do_sample=False, eos_token_id=None, pad_token_id=0,
+                  output_logits=True, return_dict_in_generate=True)  # fmt: skip
+    with torch.inference_mode():
+        plain = model.generate(input_ids=ids, pixel_values=pixels, **kwargs)
+        assert not lean_steps
+        model.enable_fast_cpu_path()
+        lean = model.generate(input_ids=ids, pixel_values=pixels, **kwargs)
+    assert len(lean_steps) == 299  # every token after the prefill
+    assert lean.sequences.tolist() == plain.sequences.tolist()
+    expected = torch.stack(plain.logits)
+    # int8 Linears quantize their input per call: a float-rounding difference in it can move one int8 step
+    atol = ATOL if quantize is None else 0.05 * float(expected.std())
+    torch.testing.assert_close(torch.stack(lean.logits), expected, atol=atol, rtol=0)
+
+
+def test_lean_qwen2_decoding_leaves_padded_batches_and_extra_outputs_to_transformers(tmp_path, lean_steps):
+    """Padding needs the mask and extra outputs need transformers' forward; an unpadded batch takes the lean step."""
+    model = _got_like(tmp_path).enable_fast_cpu_path()
+    prompts = torch.tensor([[0, 0, 7, 8, 9], [3, 4, 5, 6, 7]])  # the first row left-padded
+    mask = (prompts != 0).long()
+    kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.inference_mode():
+        model.generate(input_ids=prompts, attention_mask=mask, **kwargs)
+        model.generate(input_ids=prompts[1:], output_attentions=True, return_dict_in_generate=True, **kwargs)
+        assert not lean_steps
+        unpadded = model.generate(input_ids=prompts[1:], **kwargs)  # the same prompt without the extra outputs
+        assert len(lean_steps) == 5
+        both = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 11, 12]])  # a batch without padding: the lean step
+        batch = model.generate(input_ids=both, attention_mask=torch.ones_like(both), **kwargs)
+        assert len(lean_steps) == 10
+        model.enable_fast_cpu_path(False)
+        assert model.generate(input_ids=prompts[1:], **kwargs).tolist() == unpadded.tolist()
+        assert model.generate(input_ids=both, attention_mask=torch.ones_like(both), **kwargs).tolist() == batch.tolist()

@@ -218,7 +218,7 @@ def test_int8_decoder_with_bf16_vision(tiny_model_dir):
     assert model.vision_vocab.encoder.patch_embed.projection.weight.dtype is torch.bfloat16
     assert model.projector_vary.weight.dtype is torch.bfloat16
     assert model.language_model.model.decoder.final_layer_norm.weight.dtype is torch.float32
-    float_vision = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", max_new_tokens=8).model
+    float_vision = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="float32", max_new_tokens=8).model
     batch = pipe.processor([make_png()], "")
     with torch.inference_mode():
         bf16_logits = model(**batch).logits
@@ -226,6 +226,15 @@ def test_int8_decoder_with_bf16_vision(tiny_model_dir):
     assert bf16_logits.dtype is torch.float32
     assert 0 < (bf16_logits - fp32_logits).abs().max() < 0.25 * fp32_logits.std()  # bf16 vision, same decoder
     assert pipe.ocr(make_png()).num_tokens > 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_int8_vision_dtype_defaults_to_bf16_where_native(tiny_model_dir, monkeypatch, native):
+    monkeypatch.setattr(pipeline_module, "cpu_has_native_bf16", lambda: native)
+    model = Pipeline.from_pretrained(tiny_model_dir, quantize="int8").model
+    assert model.projector_vary.weight.dtype is (torch.bfloat16 if native else torch.float32)
+    explicit = Pipeline.from_pretrained(tiny_model_dir, quantize="int8", dtype="float32").model
+    assert explicit.projector_vary.weight.dtype is torch.float32
 
 
 def test_serve_quantize_int8(tiny_model_dir, monkeypatch):

@@ -67,7 +67,7 @@ def ocr_command(
     pages: str | None = typer.Option(None, "--pages", help="PDF pages, e.g. 1-3,7 or 5- (default: all)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (bf16 on CPUs with native bf16); default: float32 on CPU, bf16/fp16 on GPU"),
-    quantize: Quantize | None = typer.Option(None, "--quantize", help="int8: int8 decoder weights, faster CPU decoding; with --dtype auto the vision branch runs in bf16 where native (docs/cpu-speed.md)"),
+    quantize: Quantize | None = typer.Option(None, "--quantize", help="int8: int8 decoder weights, faster CPU decoding; its vision branch runs in bf16 where native unless --dtype says otherwise (docs/cpu-speed.md)"),
     out: Path | None = typer.Option(None, "--out", help="write one .txt/.md/.json per page here instead of stdout"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="generation budget per page"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="pages generated together"),

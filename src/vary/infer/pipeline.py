@@ -184,7 +184,9 @@ class Pipeline:
         (`vary models`); None: the bundled model. `settings` are GenerationSettings.
 
         `quantize="int8"` (CPU only): int8 decoder weights, faster decoding (docs/cpu-speed.md); `dtype` then
-        sets the vision branches' dtype ("auto": bfloat16 where the CPU runs it natively).
+        sets the vision branches' dtype, by default "auto" (bfloat16 where the CPU runs it natively): int8 already
+        trades exactness for speed, and there bf16 halves the vision weights and time (GOT-OCR2: peak RSS 1.38
+        GB instead of 1.66).
         """
         if path is None:
             path = bundled_model_dir()
@@ -193,6 +195,7 @@ class Pipeline:
                     "no model folder given and this install has no bundled model (vary/assets/model)"
                 )
         if quantize is not None:
+            dtype = "auto" if dtype is None else dtype
             if torch.device(device).type != "cpu":
                 raise ValueError(f"--quantize {quantize} is for CPU inference; on {device} use --dtype instead")
             if resolve_dtype(dtype, device) not in (torch.float32, torch.bfloat16):

@@ -160,6 +160,9 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
             if pixel_values is not None or vision_features is not None:
                 image_features, grid = self._encode_images(pixel_values, pixel_values_clip, vision_features, reading)
                 inputs_embeds = self.splice_image_features(input_ids, inputs_embeds, image_features)
+        if self.vision_vocab.fast_cpu and fast.lean_decoding_applies(self.language_model, inputs_embeds, cache,
+                                                                     attention_mask, labels, kwargs):  # fmt: skip
+            return fast.qwen2_decode_step(self.language_model, inputs_embeds, cache, position_ids)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

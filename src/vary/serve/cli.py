@@ -17,7 +17,7 @@ def serve_command(
     port: int = typer.Option(8000, "--port"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps"),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (bf16 on CPUs with native bf16); default: float32 on CPU, bf16/fp16 on GPU"),
-    quantize: Quantize | None = typer.Option(None, "--quantize", help="int8: int8 decoder weights, faster CPU decoding; with --dtype auto the vision branch runs in bf16 where native (docs/cpu-speed.md)"),
+    quantize: Quantize | None = typer.Option(None, "--quantize", help="int8: int8 decoder weights, faster CPU decoding; its vision branch runs in bf16 where native unless --dtype says otherwise (docs/cpu-speed.md)"),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="larger uploads get 413"),
     queue_size: int = typer.Option(4, "--queue-size", min=1, help="requests in flight or waiting; more get 503"),
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1, help="default generation budget per page"),
