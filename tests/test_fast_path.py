@@ -171,6 +171,7 @@ def test_lean_qwen2_decoding_matches_transformers(tmp_path, quantize, lean_steps
     activation-quantization rounding), past the preallocated cache's first regrowth, with the float Linears and
     with the fused int8 ones."""
     model = _got_like(tmp_path, quantize)
+    model.kv_storage_dtype = None  # float32 keys/values, as transformers keeps them (bf16 ones: the test below)
     cfg = model.config
     ids = torch.tensor([[5, cfg.image_start_token_id] + [cfg.image_patch_token_id] * 16 + [cfg.image_end_token_id, 9]])
     pixels = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(6))
@@ -207,3 +208,49 @@ def test_lean_qwen2_decoding_leaves_padded_batches_and_extra_outputs_to_transfor
         model.enable_fast_cpu_path(False)
         assert model.generate(input_ids=prompts[1:], **kwargs).tolist() == unpadded.tolist()
         assert model.generate(input_ids=both, attention_mask=torch.ones_like(both), **kwargs).tolist() == batch.tolist()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_int8_qwen2_keeps_keys_and_values_in_bf16_where_native(tmp_path, monkeypatch, native):
+    from vary.modeling import quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: native)
+    int8 = _got_like(tmp_path, "int8").enable_fast_cpu_path()
+    assert int8.kv_storage_dtype is (torch.bfloat16 if native else None)
+    with torch.inference_mode():
+        out = int8.generate(input_ids=torch.tensor([[3, 4, 5]]), max_new_tokens=4, do_sample=False,
+                            eos_token_id=None, pad_token_id=0, return_dict_in_generate=True)  # fmt: skip
+    assert out.cache.layers[0].keys.dtype is (torch.bfloat16 if native else torch.float32)
+    assert not hasattr(_got_like(tmp_path), "kv_storage_dtype")  # float decoders: exact float32 caches
+    opt_int8 = quantize_module.quantize_model_(VaryForCausalLM(tiny_config()))
+    assert opt_int8.kv_storage_dtype is None  # OPT's attention takes one dtype
+
+
+def test_bf16_key_value_store_tracks_float32_through_cached_decoding(tmp_path, lean_steps):
+    """The same int8 model decodes the same 200 tokens (teacher-forced, through the cache: prefill by our int8
+    attention, then lean steps) with float32 and with bf16 keys/values: logits stay within a small fraction of
+    their spread (int8 activation rounding amplifies any change: the drift is of the order of int8 against
+    float32) and pick the same token almost everywhere."""
+    model = _got_like(tmp_path, "int8").enable_fast_cpu_path()
+    generator = torch.Generator().manual_seed(7)
+    prompt, tokens = (
+        torch.randint(3, 1000, (1, 24), generator=generator),
+        torch.randint(3, 1000, (200,), generator=generator),
+    )
+
+    def decode(storage_dtype):
+        cache = fast.PreallocatedCache(storage_dtype)
+        with torch.inference_mode():
+            logits = [model(input_ids=prompt, cache=cache, use_cache=True).logits[0, -1]]
+            for token in tokens[:-1]:
+                logits.append(model(input_ids=token.view(1, 1), cache=cache, use_cache=True).logits[0, -1])
+        assert cache.layers[0].keys.dtype is (storage_dtype or torch.float32)
+        return torch.stack(logits)
+
+    exact, stored = decode(None), decode(torch.bfloat16)
+    assert len(lean_steps) == 2 * 199
+    drift, spread = (stored - exact).abs(), exact.std()
+    # the budget test_quantize gives int8 itself against float32
+    assert 0 < drift.max() < 0.25 * spread and drift.mean() < 0.05 * spread, (drift.max(), drift.mean(), spread)
+    agreement = (stored.argmax(-1) == exact.argmax(-1)).float().mean()
+    assert agreement >= 0.95, agreement

@@ -29,6 +29,7 @@ layer: ~4,000 ops a token) took 15 of its 40 ms on 2 cores; the step here issues
 
 from __future__ import annotations
 
+import functools
 from functools import lru_cache
 
 import torch
@@ -238,8 +239,9 @@ class PreallocatedLayer(DynamicLayer):
 
     initial_capacity = 256  # tokens; then doubled whenever full
 
-    def __init__(self, **kwargs):
+    def __init__(self, storage_dtype: torch.dtype | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.storage_dtype = storage_dtype  # None: the states' own dtype (see PreallocatedCache)
         self._key_buffer: Tensor | None = None
         self._value_buffer: Tensor | None = None
 
@@ -267,8 +269,9 @@ class PreallocatedLayer(DynamicLayer):
     def _reallocate(self, key_states: Tensor, value_states: Tensor, capacity: int) -> None:
         batch, heads = key_states.shape[:2]
         old = self.get_seq_length()
-        self._key_buffer = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
-        self._value_buffer = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
+        dtype = self.storage_dtype or key_states.dtype
+        self._key_buffer = key_states.new_empty(batch, heads, capacity, key_states.shape[-1], dtype=dtype)
+        self._value_buffer = value_states.new_empty(batch, heads, capacity, value_states.shape[-1], dtype=dtype)
         if old:
             self._key_buffer[:, :, :old] = self.keys
             self._value_buffer[:, :, :old] = self.values
@@ -279,10 +282,14 @@ class PreallocatedLayer(DynamicLayer):
 
 
 class PreallocatedCache(DynamicCache):
-    """DynamicCache whose layers append in place (see `PreallocatedLayer`); for full-attention decoders."""
+    """DynamicCache whose layers append in place (see `PreallocatedLayer`); for full-attention decoders.
 
-    def __init__(self):
-        Cache.__init__(self, layer_class_to_replicate=PreallocatedLayer)
+    `storage_dtype` (e.g. bfloat16): keys and values are stored, and returned, in that dtype whatever the dtype
+    of the states given; their attention must accept it (vary.modeling.quantize sets `model.kv_storage_dtype`
+    where it does)."""
+
+    def __init__(self, storage_dtype: torch.dtype | None = None):
+        Cache.__init__(self, layer_class_to_replicate=functools.partial(PreallocatedLayer, storage_dtype=storage_dtype))
 
 
 def add_decoding_cache(model, generate_kwargs: dict) -> None:
@@ -296,7 +303,7 @@ def add_decoding_cache(model, generate_kwargs: dict) -> None:
     layer_types = getattr(model.config.text_config, "layer_types", None)
     if layer_types and any(kind != "full_attention" for kind in layer_types):
         return
-    generate_kwargs["cache"] = PreallocatedCache()
+    generate_kwargs["cache"] = PreallocatedCache(getattr(model, "kv_storage_dtype", None))
 
 
 # Generation flags that ask for more than logits and the cache: the lean step below does not produce them.
@@ -342,9 +349,9 @@ def qwen2_decode_step(language_model, inputs_embeds: Tensor, cache: Preallocated
         q = _rotate(q.view(batch, 1, -1, attn.head_dim), cos, signed_sin).transpose(1, 2)  # (B, heads, 1, D)
         k = _rotate(k.view(batch, 1, -1, attn.head_dim), cos, signed_sin).transpose(1, 2)
         keys, values = cache.update(k, v.view(batch, 1, -1, attn.head_dim).transpose(1, 2), index)
-        out = F.scaled_dot_product_attention(q, keys, values, scale=attn.scaling,
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, scale=attn.scaling,
                                              enable_gqa=keys.shape[1] != q.shape[1])  # fmt: skip
-        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
+        hidden = hidden + attn.o_proj(out.to(hidden.dtype).transpose(1, 2).reshape(batch, 1, -1))
         hidden = hidden + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
     logits = language_model.lm_head(_rms_norm(decoder.norm, hidden))
     return CausalLMOutputWithPast(logits=logits, cache=cache)
