@@ -173,7 +173,7 @@ class FusedQKVQwen2Attention(Qwen2Attention):
         q, k = qwen2.apply_rotary_pos_emb(q, k, *position_embeddings)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
-            k, v = k.to(q.dtype), v.to(q.dtype)  # a bf16 key/value store (fast.kv_storage_dtype)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a bf16 key/value store: see _choose_kv_storage
         attend = qwen2.ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, qwen2.eager_attention_forward
         )
