@@ -6,16 +6,18 @@
     python benchmarks/bench_model.py --models vary-toy --configs fp32,int8 --no-quality   # 1.8 B: ~8 minutes
 
 Every configuration runs in its own child process, so its peak RSS (ru_maxrss: model load + one page) is its own.
-Ours load a random-weight checkpoint saved once per model (seed 0) through `vary.load_model`, with the fast CPU
-path on: `fp32`, `int8` (`quantize="int8"`, float32 vision: the CLI's `--quantize int8` on CPUs without native
+Ours load a random-weight checkpoint saved once per model (seed 0, in bf16 as the family's releases are) through
+`vary.load_model`, with the fast CPU path on: `fp32`, `int8` (`quantize="int8"`, float32 vision: the CLI's `--quantize int8` on CPUs without native
 bf16), `int8-bf16vision` (`quantize="int8", dtype=bfloat16`: int8 decoder, bf16 vision branch: the CLI's
 `--quantize int8` where bf16 is native), `int8-released` (GOT-OCR2 only: `int8` from the same weights written in a released layout,
 transformers' GotOcr2, which the int8 load renames tensor by tensor: its "RSS load GB" is the lean load of a
 released checkpoint), `bf16` (both bf16 ones only where the CPU has native bf16, see
 `vary.modeling.quantize.cpu_has_native_bf16`; elsewhere it is emulated and 15-30x slower). `hf-fp32` is
-transformers' `GotOcr2ForConditionalGeneration` at GOT-OCR2's sizes (its default config), random weights.
+transformers' `GotOcr2ForConditionalGeneration` at GOT-OCR2's sizes (its default config), random weights;
+`hf-int8` is that model after the stock recipe (torch.ao `quantize_dynamic` of its decoder Linears and lm_head):
+the issue's calibration of what this CPU allows (34 tok/s where hf-fp32 ran 7.7).
 Per configuration: one page = `generate` with a random 1024x1024 image and its 256 image tokens, greedy, eos
-off, exactly --new-tokens new tokens (--page-tokens for GOT int8 and hf-fp32: the end-to-end page comparison).
+off, exactly --new-tokens new tokens (--page-tokens for GOT int8 and hf-*: the end-to-end page comparison).
   - vision s: the vision branches alone (Vary-toy: SAM + CLIP), timed once after the page (warm);
   - first token s: vision + prefill; decode tok/s: tokens 2..--new-tokens over their wall time (CPU ms/tok:
     their process CPU time per token, all threads: on a busy machine wall time rises, this less so);
@@ -45,9 +47,10 @@ from pathlib import Path
 TARGETS = "vary-tiny int8 decode >= 2x fp32; GOT-OCR2 int8 decode >= 35 tok/s, peak RSS <= 1.5 GB; page >= 2x hf-fp32"
 MODELS = ("vary-tiny", "got-ocr2", "vary-toy")
 DEFAULT_MODELS = ("vary-tiny", "got-ocr2")  # vary-toy (1.8 B, 7.4 GB in float32) only when named
-CONFIGS = ("fp32", "int8", "int8-bf16vision", "int8-released", "bf16", "hf-fp32")
+CONFIGS = ("fp32", "int8", "int8-bf16vision", "int8-released", "bf16", "hf-fp32", "hf-int8")
 DEFAULT_CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 SRC = Path(__file__).resolve().parents[1] / "src"
+NO_NATIVE_BF16 = False  # --no-native-bf16
 sys.path.insert(0, str(SRC))  # this checkout's vary, in this process and (via PYTHONPATH) in the children
 
 
@@ -57,14 +60,15 @@ def peak_rss_gb() -> float:
 
 # --- child processes -----------------------------------------------------------------------------------------
 def child_save(spec: dict) -> dict:
-    """Save a random-weight float32 checkpoint of the preset (seed 0)."""
+    """Save a random-weight checkpoint of the preset (seed 0) in bfloat16, as the family's releases are stored: what
+    a user's load reads (the int8 load keeps 16-bit vision weights 16-bit, `quantize._cast_vision`)."""
     import torch
 
     from vary.config import preset
     from vary.modeling.vary import VaryForCausalLM
 
     torch.manual_seed(0)
-    model = VaryForCausalLM(preset(spec["model"]))
+    model = VaryForCausalLM(preset(spec["model"])).to(torch.bfloat16)
     model.save_pretrained(spec["checkpoint"])
     if spec.get("released"):
         from vary.modeling.got import export_hf_got
@@ -108,12 +112,23 @@ def child_time(spec: dict) -> dict:
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     start = time.perf_counter()
-    hf = spec["config"] == "hf-fp32"
+    hf = spec["config"].startswith("hf-")
     if hf:
         from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
 
         torch.manual_seed(0)
         model = GotOcr2ForConditionalGeneration(GotOcr2Config()).eval()
+        if spec["config"] == "hf-int8":  # the stock recipe: torch.ao dynamic int8 of every decoder Linear + lm_head
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+                for name in ("language_model", "lm_head"):
+                    owner = model.model if name == "language_model" else model
+                    quantized = torch.ao.quantization.quantize_dynamic(
+                        torch.nn.Sequential(getattr(owner, name)), {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+                    )  # wrapped: quantize_dynamic swaps children, and lm_head is itself a Linear
+                    setattr(owner, name, quantized[0])
     elif spec["config"] == "int8-released":
         model = load_ours(spec["released"], "int8")
     else:
@@ -238,7 +253,7 @@ def child_quality(spec: dict) -> dict:
 def run_child(spec: dict, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    spec = dict(spec, threads=threads)
+    spec = dict(spec, threads=threads, no_native_bf16=NO_NATIVE_BF16)
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env=env)  # fmt: skip
     if proc.returncode != 0:
@@ -269,12 +284,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--conformance-dir", type=Path,
                         default=Path(os.environ.get("VARY_CONFORMANCE_DIR", DEFAULT_CONFORMANCE)))  # fmt: skip
+    parser.add_argument("--no-native-bf16", action="store_true",
+                        help="run ours as on a CPU without native bf16 (float32 key/value cache: the memory those "
+                             "CPUs see); the speeds stay this CPU's")  # fmt: skip
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
         import torch
 
         torch.set_num_threads(spec["threads"])
+        if spec.get("no_native_bf16"):
+            from vary.modeling import quantize
+
+            quantize.cpu_has_native_bf16 = lambda flags=None: False
         print(json.dumps({"save": child_save, "time": child_time, "quality": child_quality}[spec["kind"]](spec)))
         return
     quick = args.quick
@@ -290,9 +312,13 @@ def main() -> None:
 
     from vary.modeling.quantize import cpu_has_native_bf16
 
-    native_bf16 = cpu_has_native_bf16()
+    global NO_NATIVE_BF16
+    NO_NATIVE_BF16 = args.no_native_bf16
+    native_bf16 = cpu_has_native_bf16() and not NO_NATIVE_BF16
     if not native_bf16 and any("bf16" in c for c in configs):
-        print("bf16 configurations skipped: this CPU has no native bf16 (AVX512_BF16/AMX), it would be emulated")
+        print(
+            "bf16 configurations skipped: no native bf16 (AVX512_BF16/AMX, or --no-native-bf16), it would be emulated"
+        )
         configs = [c for c in configs if "bf16" not in c]
     print(f"machine: {machine()}; torch {torch.__version__}; {args.threads} threads")
     print(f"load average before: {os.getloadavg()[0]:.2f} (the machine may be shared)", flush=True)
@@ -302,13 +328,13 @@ def main() -> None:
         for model in models:
             checkpoint = str(Path(tmp) / model)
             released = str(Path(tmp) / f"{model}-transformers") if "int8-released" in configs else None
-            print(f"{model}: saving a random-weight float32 checkpoint...", flush=True)
+            print(f"{model}: saving a random-weight bf16 checkpoint...", flush=True)
             run_child({"kind": "save", "model": model, "checkpoint": checkpoint,
                        "released": released if model == "got-ocr2" else None}, args.threads)  # fmt: skip
             for config in configs:
-                if config in ("hf-fp32", "int8-released") and model != "got-ocr2":
+                if config in ("hf-fp32", "hf-int8", "int8-released") and model != "got-ocr2":
                     continue
-                long_page = model == "got-ocr2" and config in ("int8", "int8-bf16vision", "hf-fp32")
+                long_page = model == "got-ocr2" and config in ("int8", "int8-bf16vision", "hf-fp32", "hf-int8")
                 tokens = page_tokens if long_page else new_tokens
                 print(f"{model} {config}: one page, {tokens} new tokens...", flush=True)
                 spec = dict(kind="time", model=model, config=config, checkpoint=checkpoint, released=released,
@@ -351,7 +377,7 @@ def report(timings: dict, quality: dict, new_tokens: int) -> None:
             continue
         g = t["got-ocr2", best]
         print(f"  got-ocr2 {best}: {g['decode_tok_s']:.1f} tok/s, peak RSS {g['peak_rss_gb']:.2f} GB")
-        for other in ("fp32", "hf-fp32"):
+        for other in ("fp32", "hf-fp32", "hf-int8"):
             if ("got-ocr2", other) in t:
                 o = t["got-ocr2", other]
                 print(f"  got-ocr2 {best} decode vs {other}: {g['decode_tok_s'] / o['decode_tok_s']:.2f}x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from vary.modeling.loading import load_model
 from vary.modeling.quantize import (
     FusedInt8MLP,
     FusedQKVQwen2Attention,
+    OnDiskEmbedding,
     QuantizedEmbedding,
     cpu_flags,
     cpu_has_native_bf16,
@@ -99,7 +101,7 @@ def test_lean_load_quantizes_every_decoder_linear_like_quantizing_the_float_mode
     assert pinned  # the int8 load keeps freed buffers out of RSS (see the last test)
     _, layers = decoder_layers(lean)
     assert not any(type(m) is nn.Linear for m in layers.modules())  # every Linear swapped
-    assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
+    assert isinstance(lean.get_input_embeddings(), OnDiskEmbedding)
     assert isinstance(lean.get_output_embeddings(), DynamicLinear)
     assert sum(isinstance(m, DynamicLinear) for m in layers.modules()) == 4 * len(layers)  # qkv o gate_up down
     assert all(isinstance(layer.self_attn, FusedQKVQwen2Attention) for layer in layers)
@@ -157,8 +159,9 @@ def test_embedding_lookups_are_dequantized_rows_shared_with_the_tied_lm_head(tmp
     """The int8 embedding returns exactly int8 row * row scale for the ids it is given (within half a step of the
     float32 row), and the tied lm_head multiplies by those same rows."""
     reference = saved_model(tmp_path, got_like_config(tied=True))
-    model = load_model(tmp_path, quantize="int8")
+    model = quantize_model_(load_model(tmp_path))
     embedding = model.get_input_embeddings()
+    assert isinstance(embedding, QuantizedEmbedding)  # in place: the rows stay in memory
     float_rows = reference.get_input_embeddings().weight.detach()
     ids = torch.tensor([[0, 5, 5, 1023], [7, 512, 3, 0]])
     looked_up = embedding(ids)
@@ -169,6 +172,30 @@ def test_embedding_lookups_are_dequantized_rows_shared_with_the_tied_lm_head(tmp
     head_rows = model.get_output_embeddings().weight().dequantize()  # the Linear's int8 weight, dequantized
     assert torch.allclose(head_rows, rows, rtol=0, atol=1e-6)
     assert embedding.weight_int8.element_size() == 1 and embedding.num_embeddings == 1024
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_load_reads_embedding_rows_from_the_file(tmp_path, dtype):
+    """The lean int8 load keeps no copy of the embedding matrix: lookups read the rows from the checkpoint and give
+    exactly QuantizedEmbedding's values. Deleting the file after the load is harmless; rewriting it is refused."""
+    saved_model(tmp_path / "model", got_like_config(tied=True)).to(dtype).save_pretrained(tmp_path / "model")
+    in_memory = quantize_model_(load_model(tmp_path / "model")).get_input_embeddings()
+    lean = load_model(tmp_path / "model", quantize="int8")
+    embedding = lean.get_input_embeddings()
+    assert isinstance(embedding, OnDiskEmbedding) and embedding.file_dtype == dtype
+    assert not [t for t in [*embedding.parameters(), *embedding.buffers()] if t.numel() >= 1024]
+    ids = torch.tensor([[0, 5, 5, 1023], [7, 512, 3, 0]])
+    assert torch.equal(embedding(ids), in_memory(ids))
+    with pytest.raises(IndexError, match=r"\[0, 1024\)"):
+        embedding(torch.tensor([[3, 1024]]))
+    moved = tmp_path / "moved"
+    (tmp_path / "model").rename(moved)
+    assert torch.equal(embedding(ids), in_memory(ids))  # the open descriptor still reads the same file
+    file = moved / "model.safetensors"
+    file.write_bytes(file.read_bytes()[:-8] + b"\0" * 8)  # rewritten in place, same size
+    os.utime(file, ns=(1, 1))
+    with pytest.raises(RuntimeError, match="rewritten after this int8 model was loaded"):
+        embedding(ids)
 
 
 def test_int8_model_refuses_to_save_in_one_line(tmp_path):
@@ -310,9 +337,36 @@ def test_released_checkpoints_load_int8_layer_by_layer(tmp_path, layout, monkeyp
     lean = load_model(folder, quantize="int8")
     _, layers = decoder_layers(lean)
     assert not any(type(m) is nn.Linear for m in layers.modules())
-    assert isinstance(lean.get_input_embeddings(), QuantizedEmbedding)
+    assert isinstance(lean.get_input_embeddings(), OnDiskEmbedding)
     with torch.inference_mode():
         assert torch.equal(lean(**inputs).logits, in_place(**inputs).logits)
+
+
+@pytest.mark.parametrize("layout", ["got-official", "vary-toy"])
+def test_float32_vision_keeps_16bit_checkpoint_weights_in_16_bits(tmp_path, layout):
+    """The family's releases are 16-bit: an int8 load with float32 vision keeps their vision Linear / Conv2d weights
+    in 16 bits, widened as each layer reads them, and computes exactly what the float32 load computes."""
+    from safetensors.torch import load_file, save_file
+
+    folder, inputs = _released_folder(tmp_path, layout)
+    for file in folder.glob("*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
+    reference = quantize_model_(load_model(folder))
+    lean = load_model(folder, quantize="int8")
+    vision = [m for name, child in lean.named_children() if name != "language_model" for m in child.modules()
+              if isinstance(m, nn.Linear | nn.Conv2d)]  # fmt: skip
+    assert len(vision) > 10
+    assert all(m.parametrizations.weight.original.dtype == torch.bfloat16 for m in vision)
+    assert all(m.weight.dtype == torch.float32 for m in vision) and lean.dtype == torch.float32
+    with torch.inference_mode():
+        assert torch.equal(lean(**inputs).logits, reference(**inputs).logits)
+        for fast in (False, True):  # the fast CPU path reads the weights its own way
+            lean.enable_fast_cpu_path(fast), reference.enable_fast_cpu_path(fast)
+            assert torch.equal(lean.encode_images(**_pixels(inputs)), reference.encode_images(**_pixels(inputs)))
+
+
+def _pixels(inputs: dict) -> dict:
+    return {k: v for k, v in inputs.items() if k.startswith("pixel_values")}
 
 
 def test_int8_load_of_released_checkpoints_is_strict(tmp_path):

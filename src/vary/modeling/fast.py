@@ -104,16 +104,17 @@ def _mlp_(layer, x: Tensor) -> None:
     ln, lin1, lin2, act = layer.layer_norm2, layer.mlp.lin1, layer.mlp.lin2, layer.mlp.act
     exact_gelu = isinstance(act, GELUActivation) and act.act is F.gelu  # transformers "gelu": erf GELU
     hidden = x.new_empty(min(MLP_TOKEN_CHUNK, x.shape[0]), lin1.out_features)
+    w1, w2 = lin1.weight.t(), lin2.weight.t()  # read once: a 16-bit stored weight is widened at each read
     for start in range(0, x.shape[0], MLP_TOKEN_CHUNK):
         xs = x[start : start + MLP_TOKEN_CHUNK]  # contiguous row block: updated in place below
         y = F.layer_norm(xs, xs.shape[-1:], ln.weight, ln.bias, ln.eps)
         hs = hidden[: xs.shape[0]]
-        torch.addmm(lin1.bias, y, lin1.weight.t(), out=hs)
+        torch.addmm(lin1.bias, y, w1, out=hs)
         if exact_gelu:
             torch.ops.aten.gelu_(hs)
         else:
             hs = act(hs)
-        xs.addmm_(hs, lin2.weight.t())
+        xs.addmm_(hs, w2)
         xs.add_(lin2.bias)
 
 

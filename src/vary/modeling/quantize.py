@@ -7,11 +7,13 @@ bytes:
   output channel; activations stay float32 and are quantized per call by fbgemm, so prefill and decode both run
   integer GEMMs); in Qwen2 decoders q/k/v and gate/up are one int8 GEMM each (FusedInt8MLP);
 - the lm_head matmul runs on an int8 copy of its weight (per-row scales), and the input embedding, which only
-  looks rows up, keeps int8 rows + scales and dequantizes the rows it reads (`QuantizedEmbedding`). Keeping the
-  embedding in float32 would cost 622 MB for GOT-OCR2, 40% of a 1.5 GB budget, for a lookup of one row a token.
-The vision branches and projectors run once per page and are compute-bound: they keep float32, or bfloat16
-where the caller asks (`vision_dtype`; worth it only on CPUs with native bf16, where it also halves their
-weights and activations, which is what keeps GOT-OCR2 int8 within ~1.5 GB).
+  looks rows up, dequantizes the int8 rows it reads (`QuantizedEmbedding`; after a safetensors load the rows are
+  read from the file as they are looked up, `OnDiskEmbedding`). Keeping the embedding in float32 would cost
+  622 MB for GOT-OCR2, 40% of a 1.5 GB budget, for a lookup of one row a token.
+The vision branches and projectors run once per page and are compute-bound: they compute in float32, or in
+bfloat16 where the caller asks (`vision_dtype`; worth it only on CPUs with native bf16, where it also halves
+their activations and time). Either way their weights take no more bytes than the checkpoint gives them: the
+family's 16-bit releases keep 16-bit vision weights, widened layer by layer for float32 compute (`_cast_vision`).
 
 Why torch.ao's `quantize_dynamic` and not torchao: measured on 2 cores (Xeon, AVX-512 + AMX), 24 Linear layers
 1024x2816 / 2816x1024, batch 1: float32 15.1 ms, torch.ao dynamic int8 2.2 ms, torchao 0.18
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +45,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from transformers.models.qwen2 import modeling_qwen2 as qwen2
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP
 
@@ -100,6 +105,47 @@ class QuantizedEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
+class OnDiskEmbedding(nn.Module):
+    """`QuantizedEmbedding`'s lookups, the rows read from the checkpoint file as they are looked up (os.pread).
+
+    A tied int8 lm_head keeps the matrix once, packed for fbgemm's GEMM, which has no row lookup: a second int8
+    copy for the input embedding costs 155 MB of RSS (GOT-OCR2; Vary-toy 311 MB) to read one row a token. Here
+    no copy stays in memory: each looked-up row is read from the file and quantized as `quantize_rows` quantizes
+    it, so the values are exactly QuantizedEmbedding's. The file is read through a descriptor held open, so
+    deleting or atomically replacing it after the load is harmless; a file rewritten in place is refused.
+    """
+
+    def __init__(self, path: str | Path, offset: int, shape: tuple[int, int], file_dtype: torch.dtype,
+                 padding_idx: int | None = None):  # fmt: skip
+        super().__init__()
+        self.path, self.offset, self.file_dtype, self.padding_idx = Path(path), offset, file_dtype, padding_idx
+        self.num_embeddings, self.embedding_dim = shape
+        self.row_bytes = self.embedding_dim * file_dtype.itemsize
+        self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - held for the module's lifetime
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int]:
+        status = os.fstat(self._file.fileno())
+        return status.st_size, status.st_mtime_ns
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        if self._file_stamp() != self._stamp:
+            raise RuntimeError(f"{self.path} was rewritten after this int8 model was loaded from it: load it again")
+        ids, inverse = torch.unique(input_ids, return_inverse=True)  # one read per distinct token
+        if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= self.num_embeddings):
+            raise IndexError(f"token ids must lie in [0, {self.num_embeddings}): got {ids[0]}..{ids[-1]}")
+        data = bytearray(len(ids) * self.row_bytes)
+        for i, token in enumerate(ids.tolist()):
+            data[i * self.row_bytes : (i + 1) * self.row_bytes] = os.pread(
+                self._file.fileno(), self.row_bytes, self.offset + token * self.row_bytes
+            )
+        rows, scale = quantize_rows(torch.frombuffer(data, dtype=self.file_dtype).view(len(ids), -1))
+        return (rows.float() * scale[:, None])[inverse]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows read from {self.path.name}"
 
 
 def int8_linear(rows: Tensor, scale: Tensor, bias: Tensor | None = None) -> nn.Module:
@@ -222,7 +268,7 @@ def _module_name(model: nn.Module, target: nn.Module) -> str:
 
 
 def is_quantized(model) -> bool:
-    return isinstance(model.get_input_embeddings(), QuantizedEmbedding)
+    return getattr(model, "quantized", None) is not None
 
 
 def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_rows: tuple[Tensor, Tensor] | None):
@@ -278,12 +324,35 @@ def _check_method(method: str, vision_dtype: torch.dtype = torch.float32) -> Non
                          f"in float32 or bfloat16, not {vision_dtype}")  # fmt: skip
 
 
-def _cast_vision(model, vision_dtype: torch.dtype) -> None:
+def _cast_vision(model, vision_dtype: torch.dtype, keep_16bit_weights: bool = False) -> None:
     """Everything but the language model (vision branches, projectors) to `vision_dtype`. encode_images feeds the
-    vision branch in the projector's dtype and the splice casts its features to the LM's, so this is all it takes."""
+    vision branch in the projector's dtype and the splice casts its features to the LM's, so this is all it takes.
+
+    `keep_16bit_weights` (float32 vision only): Linear and Conv2d weights that arrive in 16 bits (the family's
+    releases are bf16 / fp16) stay so and are widened as each layer reads them (`_Widened`): the same float32
+    values and arithmetic, for half the weight memory (GOT-OCR2's SAM: 182 MB less, Vary-toy's SAM + CLIP-L:
+    790 MB less; widening costs ~0.1 s a page against seconds of vision compute).
+    """
     for name, child in model.named_children():
-        if name != "language_model":
-            child.to(vision_dtype)
+        if name == "language_model":
+            continue
+        kept = set()
+        if keep_16bit_weights and vision_dtype == torch.float32:
+            for module in child.modules():
+                if isinstance(module, nn.Linear | nn.Conv2d) and module.weight.dtype in (torch.bfloat16, torch.float16):
+                    parametrize.register_parametrization(module, "weight", _Widened(), unsafe=True)
+                    kept.add(id(module.parametrizations.weight.original))
+        # child.to() would widen the kept weights too: cast the others one by one
+        for tensor in [*child.parameters(), *child.buffers()]:
+            if tensor.is_floating_point() and id(tensor) not in kept:
+                tensor.data = tensor.data.to(vision_dtype)
+
+
+class _Widened(nn.Module):
+    """A weight stored in 16 bits, read as float32 (a torch parametrization: `module.weight` is this output)."""
+
+    def forward(self, stored: Tensor) -> Tensor:
+        return stored.float()
 
 
 # --- freed memory -----------------------------------------------------------------------------------------
@@ -354,7 +423,9 @@ class _LazyWeights:
     # copied leave RSS: the float32 vision side of Vary-toy (CLIP-L + SAM, 1.6 GB) otherwise peaked at twice that.
     COPY_MAPPED_BYTES = 128 * 2**20
 
-    def take(self, keys: list[str], strip: str = "", copy: bool = False) -> dict[str, Tensor]:
+    def take(self, keys: list[str], strip: str = "", copy: bool = False,
+             dtype: torch.dtype | None = torch.float32) -> dict[str, Tensor]:  # fmt: skip
+        """{key without `strip`: tensor} in `dtype` (None: as stored); `copy`: tensors the model keeps."""
         from vary.modeling.official import take_part
 
         out = {}
@@ -368,8 +439,26 @@ class _LazyWeights:
                         source, part = self.source[key]
                         tensor = take_part(handle.get_tensor(source), part)
                         mapped += tensor.nbytes
-                        out[key.removeprefix(strip)] = tensor.to(torch.float32, copy=copy)
+                        out[key.removeprefix(strip)] = tensor.to(dtype or tensor.dtype, copy=copy)
         return out
+
+    # safetensors' dtype names -> torch (the float ones an embedding matrix is stored in)
+    FILE_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+    def on_disk_embedding(self, key: str, padding_idx: int | None) -> OnDiskEmbedding | None:
+        """An OnDiskEmbedding of matrix `key`, or None where its rows cannot be read in place (a slice of a fused
+        matrix, or a dtype other than FILE_DTYPES)."""
+        source, part = self.source[key]
+        path = self.where[source]
+        # The tensor's byte offset: safetensors' documented layout (8-byte little-endian header length, a JSON
+        # header with each tensor's dtype and data_offsets, then the data); the library does not expose offsets.
+        with open(path, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            entry = json.loads(handle.read(header_len))[source]
+        if part is not None or entry["dtype"] not in self.FILE_DTYPES:
+            return None
+        offset = 8 + header_len + entry["data_offsets"][0]
+        return OnDiskEmbedding(path, offset, tuple(entry["shape"]), self.FILE_DTYPES[entry["dtype"]], padding_idx)
 
     def quantized_rows(self, key: str, chunk: int = 8192) -> tuple[Tensor, Tensor]:
         """`quantize_rows` of a matrix, read `chunk` rows at a time: no float copy of the whole matrix."""
@@ -433,8 +522,9 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
 
 
 def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_dtype: torch.dtype):
-    """Fill a meta-device VaryForCausalLM from `weights` piece by piece: float32 vision side, int8 embedding and
-    lm_head read in row chunks, then one decoder layer at a time (read in float32, quantized, freed)."""
+    """Fill a meta-device VaryForCausalLM from `weights` piece by piece: the vision side (float32 or bf16 compute;
+    16-bit checkpoint weights stay 16-bit, see `_cast_vision`), int8 embedding and lm_head read in row chunks,
+    then one decoder layer at a time (read in float32, quantized, freed)."""
     from vary.modeling.official import CheckpointError, _reset_buffers
     from vary.modeling.vary import VaryForCausalLM
 
@@ -454,18 +544,25 @@ def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_
         k = wrong[0]
         raise CheckpointError(f"{source}: weight {k} has shape {weights.shape(k)}, expected {tuple(expected[k].shape)}")
 
-    # 1. everything outside the decoder layers and the embedding/lm_head matrices, in float32
+    # 1. everything outside the decoder layers and the embedding/lm_head matrices: the language model's part
+    # (final norm) in float32, the vision side as stored, then cast by _cast_vision
     rest = [k for k in expected if not k.startswith(prefix + ".") and k not in (embed_name, head_name)]
-    model.load_state_dict(weights.take(rest, copy=True), strict=False, assign=True)
+    lm_rest = [k for k in rest if k.startswith("language_model.")]
+    model.load_state_dict(weights.take(lm_rest, copy=True), strict=False, assign=True)
+    vision_side = [k for k in rest if k not in lm_rest]
+    model.load_state_dict(weights.take(vision_side, copy=True, dtype=None), strict=False, assign=True)
     for module in model.modules():  # buffers that are not in checkpoints (rotary frequencies): recomputed below
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.is_meta:
                 module._buffers[name] = torch.empty_like(buffer, device="cpu")
     _reset_buffers(model)
-    _cast_vision(model, vision_dtype)
-    # 2. embedding + lm_head, int8 (the float32 matrices are freed on return)
+    _cast_vision(model, vision_dtype, keep_16bit_weights=True)
+    # 2. embedding + lm_head, int8 (the float32 matrices are freed on return); lookups read the file (OnDiskEmbedding)
     lm_head = None if tied or head_name not in weights else weights.quantized_rows(head_name)
     _quantize_embeddings(model, weights.quantized_rows(embed_name), lm_head)
+    on_disk = weights.on_disk_embedding(embed_name, model.get_input_embeddings().padding_idx)
+    if on_disk is not None:
+        model.set_input_embeddings(on_disk)  # the int8 rows are freed (a tied lm_head has packed its own copy)
     gc.collect()  # the swapped-out float modules sit in reference cycles: free them (and their pages) now
     # 3. decoder layers, one at a time
     for i, layer in enumerate(layers):
