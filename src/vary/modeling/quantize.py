@@ -271,15 +271,19 @@ def is_quantized(model) -> bool:
     return getattr(model, "quantized", None) is not None
 
 
-def _quantize_embeddings(model, embedding_rows: tuple[Tensor, Tensor], lm_head_rows: tuple[Tensor, Tensor] | None):
-    """Input embedding -> QuantizedEmbedding; lm_head -> int8 Linear (on the embedding's rows when tied)."""
+def _quantize_embeddings(model, head_rows: tuple[Tensor, Tensor], embedding: nn.Module) -> None:
+    """lm_head -> int8 Linear of `head_rows` (a tied model's: the embedding's rows); input embedding -> `embedding`
+    (a QuantizedEmbedding or an OnDiskEmbedding)."""
     bias = getattr(model.get_output_embeddings(), "bias", None)
     if bias is not None and bias.is_meta:
         raise ValueError("lm_head bias was not loaded")
-    padding_idx = getattr(model.get_input_embeddings(), "padding_idx", None)
-    model.set_output_embeddings(int8_linear(*(lm_head_rows or embedding_rows), bias))
-    model.set_input_embeddings(QuantizedEmbedding(*embedding_rows, padding_idx))
+    model.set_output_embeddings(int8_linear(*head_rows, bias))
+    model.set_input_embeddings(embedding)
     model.quantized = "int8"
+
+
+def _padding_idx(model) -> int | None:
+    return getattr(model.get_input_embeddings(), "padding_idx", None)
 
 
 def _choose_kv_storage(model) -> None:
@@ -306,9 +310,9 @@ def quantize_model_(model, method: str = "int8", vision_dtype: torch.dtype = tor
         return model
     model.float()
     tied = model.config.tie_word_embeddings
-    embedding = quantize_rows(model.get_input_embeddings().weight.detach())
-    lm_head = None if tied else quantize_rows(model.get_output_embeddings().weight.detach())
-    _quantize_embeddings(model, embedding, lm_head)
+    rows = quantize_rows(model.get_input_embeddings().weight.detach())
+    head_rows = rows if tied else quantize_rows(model.get_output_embeddings().weight.detach())
+    _quantize_embeddings(model, head_rows, QuantizedEmbedding(*rows, _padding_idx(model)))
     for layer in decoder_layers(model)[1]:
         _quantize_layer(layer)
     _cast_vision(model, vision_dtype)
@@ -455,7 +459,7 @@ class _LazyWeights:
         with open(path, "rb") as handle:
             header_len = int.from_bytes(handle.read(8), "little")
             entry = json.loads(handle.read(header_len))[source]
-        if part is not None or entry["dtype"] not in self.FILE_DTYPES:
+        if part is not None or entry["dtype"] not in self.FILE_DTYPES or not hasattr(os, "pread"):  # pread: POSIX
             return None
         offset = 8 + header_len + entry["data_offsets"][0]
         return OnDiskEmbedding(path, offset, tuple(entry["shape"]), self.FILE_DTYPES[entry["dtype"]], padding_idx)
@@ -557,12 +561,13 @@ def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_
                 module._buffers[name] = torch.empty_like(buffer, device="cpu")
     _reset_buffers(model)
     _cast_vision(model, vision_dtype, keep_16bit_weights=True)
-    # 2. embedding + lm_head, int8 (the float32 matrices are freed on return); lookups read the file (OnDiskEmbedding)
-    lm_head = None if tied or head_name not in weights else weights.quantized_rows(head_name)
-    _quantize_embeddings(model, weights.quantized_rows(embed_name), lm_head)
-    on_disk = weights.on_disk_embedding(embed_name, model.get_input_embeddings().padding_idx)
-    if on_disk is not None:
-        model.set_input_embeddings(on_disk)  # the int8 rows are freed (a tied lm_head has packed its own copy)
+    # 2. embedding + lm_head, int8, read in row chunks. Lookups read the file (OnDiskEmbedding), so the embedding's
+    # int8 rows are made only for a tied lm_head (which packs its own copy for fbgemm; the rows are then freed)
+    embedding = weights.on_disk_embedding(embed_name, _padding_idx(model))
+    rows = weights.quantized_rows(embed_name) if embedding is None or tied else None
+    head_rows = rows if tied else weights.quantized_rows(head_name)
+    _quantize_embeddings(model, head_rows, embedding or QuantizedEmbedding(*rows, _padding_idx(model)))
+    del rows, head_rows
     gc.collect()  # the swapped-out float modules sit in reference cycles: free them (and their pages) now
     # 3. decoder layers, one at a time
     for i, layer in enumerate(layers):
