@@ -19,6 +19,7 @@ from vary.cli import app
 from vary.config import preset
 from vary.infer import pipeline as pipeline_module
 from vary.infer.pipeline import Pipeline, resolve_dtype
+from vary.modeling import lazy_weights
 from vary.modeling import quantize as quantize_module
 from vary.modeling.loading import load_model
 from vary.modeling.quantize import (
@@ -428,15 +429,15 @@ def test_large_tensors_get_their_own_mapping_once_the_mmap_threshold_is_pinned()
 def test_copied_reads_reopen_the_file_as_they_go(tmp_path, monkeypatch):
     """take(copy=True) closes the file after COPY_MAPPED_BYTES, so copied tensors' pages leave RSS; same tensors."""
     saved_model(tmp_path, got_like_config())
-    weights = quantize_module._LazyWeights(sorted(tmp_path.glob("*.safetensors")))
+    weights = lazy_weights.LazyWeights(sorted(tmp_path.glob("*.safetensors")))
     keys = [key for key in weights if key.startswith("vision_vocab.")]
     whole = weights.take(keys, copy=True)
     opened = []
-    real_open = quantize_module.safe_open
+    real_open = lazy_weights.safe_open
     monkeypatch.setattr(
-        quantize_module, "safe_open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs)
+        lazy_weights, "safe_open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs)
     )
-    monkeypatch.setattr(quantize_module._LazyWeights, "COPY_MAPPED_BYTES", 1)
+    monkeypatch.setattr(lazy_weights.LazyWeights, "COPY_MAPPED_BYTES", 1)
     parts = weights.take(keys, copy=True)
     assert len(keys) > 10 and len(opened) == len(keys)  # one tensor per opening
     assert parts.keys() == whole.keys() and all(torch.equal(parts[k], whole[k]) for k in keys)

@@ -12,6 +12,7 @@ import torch
 
 from vary.modeling.got import export_hf_got, is_hf_got, load_hf_got
 from vary.modeling.hub import loader_defaults, resolve_model
+from vary.modeling.lazy_weights import load_float
 from vary.modeling.official import CheckpointError, load_official, official_family, read_config
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
@@ -40,7 +41,9 @@ def load_model(
     Every weight of the model must be in the checkpoint: a missing tensor would silently stay at random
     values (transformers only logs it). `allow_missing=True` is the opt-out for a deliberate partial load
     (official formats are always strict). `quantize="int8"`: int8 decoder weights for CPU decoding (see
-    vary.modeling.quantize); `dtype` (float32 or bfloat16) is then the vision branches' dtype.
+    vary.modeling.quantize); `dtype` (float32 or bfloat16) is then the vision branches' dtype. safetensors
+    folders are read tensor by tensor (vary.modeling.lazy_weights): the load peaks at the model's size, not the
+    model's plus the file's.
     """
     path, overrides = locate(path, overrides)
     if not path.is_dir():
@@ -50,12 +53,15 @@ def load_model(
         from vary.modeling.quantize import load_quantized
 
         return load_quantized(path, quantize, vision_dtype=dtype, **overrides)
+    released = official_family(config) is not None or is_hf_got(config)
+    if not released and config.get("model_type") != "vary":
+        raise CheckpointError(f"{path}/config.json: model_type {config.get('model_type')!r} is not a Vary model")
+    if not allow_missing and (model := load_float(path, dtype, **overrides)) is not None:
+        return model  # safetensors, read tensor by tensor: peak memory is the model, not the model + the file
     if official_family(config) is not None:
         return load_official(path, dtype=dtype, **overrides)
     if is_hf_got(config):
         return load_hf_got(path, dtype=dtype, **overrides)
-    if config.get("model_type") != "vary":
-        raise CheckpointError(f"{path}/config.json: model_type {config.get('model_type')!r} is not a Vary model")
     try:
         model, info = VaryForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **overrides)
     except OSError as err:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import os
 import warnings
 from contextlib import contextmanager
@@ -48,6 +47,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from transformers.models.qwen2 import modeling_qwen2 as qwen2
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP
+
+from vary.modeling.lazy_weights import LazyWeights, fill_buffers, meta_model, open_checkpoint
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -382,100 +383,27 @@ def return_freed_memory_to_os() -> bool:
 
 
 # --- lean loading ----------------------------------------------------------------------------------------
-class _LazyWeights:
-    """Tensors of safetensors files by our key names, read on demand as float32.
+def _on_disk_embedding(weights: LazyWeights, key: str, padding_idx: int | None) -> OnDiskEmbedding | None:
+    """An OnDiskEmbedding of matrix `key`, or None where its rows cannot be read in place (a slice of a fused
+    matrix, a dtype other than LazyWeights.FILE_DTYPES, or no os.pread)."""
+    location = weights.location(key)
+    if location is None or not hasattr(os, "pread"):  # pread: POSIX
+        return None
+    return OnDiskEmbedding(*location, padding_idx)
 
-    safetensors maps a file into memory and hands out views of it; every page read stays resident (and counted
-    in RSS) until the mapping is released, i.e. until the file is closed and no view is alive. So each `take`
-    closes the file again; tensors that the model keeps are copied out (`copy=True`), tensors that are only
-    read to be quantized stay views, and their pages leave RSS with the mapping (copies of those would land in
-    malloc's heap, which does not give freed memory back to the OS reliably).
 
-    `rename` ({our key: (key in the files, part)}, see official.convert_keys) reads a checkpoint of another
-    layout under our names; part i of 3 is a slice of a fused q/k/v matrix.
-    """
-
-    def __init__(self, files: list[Path]):
-        self.where: dict[str, Path] = {}  # key in the files -> file
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        for path in files:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    self.where[key] = path
-                    self.shapes[key] = tuple(handle.get_slice(key).get_shape())
-        self.source: dict[str, tuple[str, int | None]] = {key: (key, None) for key in self.where}
-
-    def meta_state_dict(self) -> dict[str, Tensor]:
-        """Shape-only tensors of the files' keys: what the official config readers need, read from the headers."""
-        return {key: torch.empty(shape, device="meta") for key, shape in self.shapes.items()}
-
-    def rename(self, rename: dict[str, tuple[str, int | None]]) -> None:
-        self.source = rename
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.source
-
-    def __iter__(self):
-        return iter(self.source)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        source, part = self.source[key]
-        shape = self.shapes[source]
-        return shape if part is None else (shape[0] // 3, *shape[1:])
-
-    # With copy=True the file is closed and reopened after this many bytes, so the pages of tensors already
-    # copied leave RSS: the float32 vision side of Vary-toy (CLIP-L + SAM, 1.6 GB) otherwise peaked at twice that.
-    COPY_MAPPED_BYTES = 128 * 2**20
-
-    def take(self, keys: list[str], strip: str = "", copy: bool = False,
-             dtype: torch.dtype | None = torch.float32) -> dict[str, Tensor]:  # fmt: skip
-        """{key without `strip`: tensor} in `dtype` (None: as stored); `copy`: tensors the model keeps."""
-        from vary.modeling.official import take_part
-
-        out = {}
-        for path in dict.fromkeys(self.where[self.source[key][0]] for key in keys):
-            pending = [key for key in keys if self.where[self.source[key][0]] == path]
-            while pending:
-                mapped = 0
-                with safe_open(str(path), framework="pt") as handle:
-                    while pending and (not copy or mapped < self.COPY_MAPPED_BYTES):
-                        key = pending.pop(0)
-                        source, part = self.source[key]
-                        tensor = take_part(handle.get_tensor(source), part)
-                        mapped += tensor.nbytes
-                        out[key.removeprefix(strip)] = tensor.to(dtype or tensor.dtype, copy=copy)
-        return out
-
-    # safetensors' dtype names -> torch (the float ones an embedding matrix is stored in)
-    FILE_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-    def on_disk_embedding(self, key: str, padding_idx: int | None) -> OnDiskEmbedding | None:
-        """An OnDiskEmbedding of matrix `key`, or None where its rows cannot be read in place (a slice of a fused
-        matrix, or a dtype other than FILE_DTYPES)."""
-        source, part = self.source[key]
-        path = self.where[source]
-        # The tensor's byte offset: safetensors' documented layout (8-byte little-endian header length, a JSON
-        # header with each tensor's dtype and data_offsets, then the data); the library does not expose offsets.
-        with open(path, "rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            entry = json.loads(handle.read(header_len))[source]
-        if part is not None or entry["dtype"] not in self.FILE_DTYPES or not hasattr(os, "pread"):  # pread: POSIX
-            return None
-        offset = 8 + header_len + entry["data_offsets"][0]
-        return OnDiskEmbedding(path, offset, tuple(entry["shape"]), self.FILE_DTYPES[entry["dtype"]], padding_idx)
-
-    def quantized_rows(self, key: str, chunk: int = 8192) -> tuple[Tensor, Tensor]:
-        """`quantize_rows` of a matrix, read `chunk` rows at a time: no float copy of the whole matrix."""
-        source, part = self.source[key]
-        if part is not None:
-            raise ValueError(f"{key} is part of the fused {source}: read it with take()")
-        n_rows, n_cols = self.shapes[source]
-        rows, scale = torch.empty(n_rows, n_cols, dtype=torch.int8), torch.empty(n_rows)
-        for start in range(0, n_rows, chunk):
-            with safe_open(str(self.where[source]), framework="pt") as handle:  # closed each time: see the class doc
-                part_rows = handle.get_slice(source)[start : start + chunk]
-            rows[start : start + chunk], scale[start : start + chunk] = quantize_rows(part_rows)
-        return rows, scale
+def _quantized_rows(weights: LazyWeights, key: str, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """`quantize_rows` of a matrix, read `chunk` rows at a time: no float copy of the whole matrix."""
+    source, part = weights.source[key]
+    if part is not None:
+        raise ValueError(f"{key} is part of the fused {source}: read it with take()")
+    n_rows, n_cols = weights.shapes[source]
+    rows, scale = torch.empty(n_rows, n_cols, dtype=torch.int8), torch.empty(n_rows)
+    for start in range(0, n_rows, chunk):
+        with safe_open(str(weights.where[source]), framework="pt") as handle:  # closed each time: see LazyWeights
+            part_rows = handle.get_slice(source)[start : start + chunk]
+        rows[start : start + chunk], scale[start : start + chunk] = quantize_rows(part_rows)
+    return rows, scale
 
 
 def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.dtype = torch.float32, **overrides: Any):
@@ -485,24 +413,15 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
     by tensor into a meta-device model under our key names, one decoder layer at a time. Pickled (.bin)
     checkpoints cannot be read lazily: they are loaded in float32, then quantized in place.
     """
-    from vary.config import VaryConfig
-    from vary.modeling.got import hf_config_to_vary, hf_keys_to_vary, is_hf_got, load_hf_got
-    from vary.modeling.official import (
-        convert_keys,
-        load_official,
-        official_config,
-        official_family,
-        read_config,
-        weight_files,
-    )
-    from vary.modeling.vary import VaryForCausalLM
-
     _check_method(method, vision_dtype)
     return_freed_memory_to_os()
-    path = Path(path)
-    cfg = read_config(path)
-    files = weight_files(path)
-    if files[0].suffix != ".safetensors":
+    opened = open_checkpoint(Path(path), **overrides)
+    if opened is None:  # pickled weights cannot be read lazily: float32 first
+        from vary.modeling.got import is_hf_got, load_hf_got
+        from vary.modeling.official import load_official, official_family, read_config
+        from vary.modeling.vary import VaryForCausalLM
+
+        cfg = read_config(path)
         if official_family(cfg) is not None:
             model = load_official(path, dtype=torch.float32, **overrides)
         elif is_hf_got(cfg):
@@ -510,43 +429,20 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
         else:
             model = VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
         return quantize_model_(model, method, vision_dtype)
-    weights = _LazyWeights(files)
-    if (family := official_family(cfg)) is not None:
-        config = official_config(cfg, weights.meta_state_dict(), source=str(path), **overrides)
-        weights.rename(convert_keys(weights.where, family))
-        strict = True
-    elif is_hf_got(cfg):
-        config = hf_config_to_vary(cfg, path, **overrides)
-        weights.rename({new: (key, None) for new, key in hf_keys_to_vary(weights.where).items()})
-        strict = True
-    else:
-        config = VaryConfig.from_pretrained(path, **overrides)
-        strict = False  # as our float loading: extra tensors in our own folders are ignored
-    return _load_lean(config, weights, str(path), strict, vision_dtype)
+    return _load_lean(*opened, vision_dtype)
 
 
-def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_dtype: torch.dtype):
+def _load_lean(config, weights: LazyWeights, source: str, strict: bool, vision_dtype: torch.dtype):
     """Fill a meta-device VaryForCausalLM from `weights` piece by piece: the vision side (float32 or bf16 compute;
     16-bit checkpoint weights stay 16-bit, see `_cast_vision`), int8 embedding and lm_head read in row chunks,
     then one decoder layer at a time (read in float32, quantized, freed)."""
-    from vary.modeling.official import CheckpointError, _reset_buffers
-    from vary.modeling.vary import VaryForCausalLM
+    from vary.modeling.official import CheckpointError
 
-    with torch.device("meta"):
-        model = VaryForCausalLM(config)
+    model, expected = meta_model(config, weights, source, strict)
     prefix, layers = decoder_layers(model)
     embed_name = _module_name(model, model.get_input_embeddings()) + ".weight"
     head_name = _module_name(model, model.get_output_embeddings()) + ".weight"
-    expected = model.state_dict()
     tied = config.tie_word_embeddings
-    missing = [k for k in expected if k not in weights and not (tied and k == head_name)]
-    unexpected = [k for k in weights if k not in expected] if strict else []
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
-    wrong = [k for k in expected if k in weights and weights.shape(k) != tuple(expected[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{source}: weight {k} has shape {weights.shape(k)}, expected {tuple(expected[k].shape)}")
 
     # 1. everything outside the decoder layers and the embedding/lm_head matrices: the language model's part
     # (final norm) in float32, the vision side as stored, then cast by _cast_vision
@@ -555,17 +451,13 @@ def _load_lean(config, weights: _LazyWeights, source: str, strict: bool, vision_
     model.load_state_dict(weights.take(lm_rest, copy=True), strict=False, assign=True)
     vision_side = [k for k in rest if k not in lm_rest]
     model.load_state_dict(weights.take(vision_side, copy=True, dtype=None), strict=False, assign=True)
-    for module in model.modules():  # buffers that are not in checkpoints (rotary frequencies): recomputed below
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.is_meta:
-                module._buffers[name] = torch.empty_like(buffer, device="cpu")
-    _reset_buffers(model)
+    fill_buffers(model)
     _cast_vision(model, vision_dtype, keep_16bit_weights=True)
     # 2. embedding + lm_head, int8, read in row chunks. Lookups read the file (OnDiskEmbedding), so the embedding's
     # int8 rows are made only for a tied lm_head (which packs its own copy for fbgemm; the rows are then freed)
-    embedding = weights.on_disk_embedding(embed_name, _padding_idx(model))
-    rows = weights.quantized_rows(embed_name) if embedding is None or tied else None
-    head_rows = rows if tied else weights.quantized_rows(head_name)
+    embedding = _on_disk_embedding(weights, embed_name, _padding_idx(model))
+    rows = _quantized_rows(weights, embed_name) if embedding is None or tied else None
+    head_rows = rows if tied else _quantized_rows(weights, head_name)
     _quantize_embeddings(model, head_rows, embedding or QuantizedEmbedding(*rows, _padding_idx(model)))
     del rows, head_rows
     gc.collect()  # the swapped-out float modules sit in reference cycles: free them (and their pages) now
