@@ -199,6 +199,36 @@ def test_lean_load_reads_embedding_rows_from_the_file(tmp_path, dtype):
         embedding(ids)
 
 
+def test_packed_int8_linear_is_torch_aos_without_the_full_size_placeholder():
+    """PackedInt8Linear packs a 1 x 1 placeholder (torch.ao's packs out x in), and once its weight is set computes
+    exactly what torch.ao's dynamic Linear computes."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    assert quantize_module.PackedInt8Linear(512, 256)._packed_params._weight_bias()[0].shape == (1, 1)
+    torch.manual_seed(0)
+    float_linear = nn.Sequential(nn.Linear(64, 48))
+    stock = quantize_dynamic(float_linear, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
+    ours = quantize_module._quantize_dynamic(float_linear)[0]
+    assert type(ours) is quantize_module.PackedInt8Linear and (ours.in_features, ours.out_features) == (64, 48)
+    x = torch.randn(5, 64)
+    assert torch.equal(ours(x), stock(x))
+
+
+def test_the_lean_load_unfreezes_what_it_froze_and_leaves_a_callers_freeze(tmp_path):
+    import gc
+
+    saved_model(tmp_path, got_like_config())
+    load_model(tmp_path, quantize="int8")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        load_model(tmp_path, quantize="int8")
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_int8_model_refuses_to_save_in_one_line(tmp_path):
     from vary.modeling.got import export_hf_got
 
