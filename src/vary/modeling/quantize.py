@@ -154,8 +154,8 @@ class PackedInt8Linear(DynamicLinear):
     """torch.ao's dynamic int8 Linear, built without first packing a full-size placeholder weight.
 
     Its __init__ packs an empty out x in int8 matrix for fbgemm, which from_float / set_weight_bias then replace
-    with the real one: half of all packing work, measured at ~25 s of Vary-toy's 50 s int8 load. This one packs a
-    1 x 1 placeholder; every caller sets the real weight next. Same module otherwise (a subclass)."""
+    with the real one: half of all packing work (fbgemm's packing took 25 s of Vary-toy's 50 s int8 load). This one
+    packs a 1 x 1 placeholder; every caller sets the real weight next. Same module otherwise (a subclass)."""
 
     def __init__(self, in_features: int, out_features: int, bias_: bool = True, dtype: torch.dtype = torch.qint8):
         super().__init__(1, 1, bias_=bias_, dtype=dtype)
@@ -348,7 +348,7 @@ def _cast_vision(model, vision_dtype: torch.dtype, keep_16bit_weights: bool = Fa
     `keep_16bit_weights` (float32 vision only): Linear and Conv2d weights that arrive in 16 bits (the family's
     releases are bf16 / fp16) stay so and are widened as each layer reads them (`_Widened`): the same float32
     values and arithmetic, for half the weight memory (GOT-OCR2's SAM: 182 MB less, Vary-toy's SAM + CLIP-L:
-    790 MB less; widening costs ~0.1 s a page against seconds of vision compute).
+    790 MB less; widening cost Vary-toy ~0.5 s a page in an A/B, against 6 s of vision compute).
     """
     for name, child in model.named_children():
         if name == "language_model":
