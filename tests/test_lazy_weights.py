@@ -46,6 +46,8 @@ def test_our_folders_load_as_from_pretrained_loads_them(tmp_path, monkeypatch, c
     lazy = load_model(tmp_path, dtype=dtype)
     _same_model(lazy, reference)
     assert lazy.generation_config.no_repeat_ngram_size == 7 and not lazy.training
+    assert lazy.config.dtype == reference.config.dtype == dtype
+    assert lazy.config.text_config.dtype == reference.config.text_config.dtype
     rotary = [b for name, b in lazy.named_buffers() if name.endswith("inv_freq")]
     assert all(b.dtype == torch.float32 for b in rotary)  # float32 whatever the weights' dtype, as transformers
 

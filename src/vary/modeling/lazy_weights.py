@@ -195,6 +195,9 @@ def load_float(path: Path, dtype: torch.dtype, **overrides: Any):
     left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise CheckpointError(f"{source}: weights not loaded: {left[:5]}")
+    parts = [model.config] + [getattr(model.config, f"{name}_config", None) for name in ("text", "vision", "clip")]
+    for part in filter(None, parts):
+        part.dtype = dtype  # as from_pretrained records it: the loaded dtype, not the file's
     if not strict:  # our folders: what from_pretrained also reads
         model.config.name_or_path = str(path)
         if (path / "generation_config.json").is_file():
