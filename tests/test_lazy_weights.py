@@ -13,6 +13,7 @@ from test_quantize import got_like_config
 from vary.modeling import got, official
 from vary.modeling.lazy_weights import load_float
 from vary.modeling.loading import load_model
+from vary.modeling.quantize import is_quantized, load_quantized, quantize_model_
 from vary.modeling.vary import VaryForCausalLM
 
 
@@ -78,3 +79,9 @@ def test_pickled_weights_are_left_to_the_whole_file_loaders(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     assert load_float(tmp_path, torch.float32) is None
     assert load_model(tmp_path).dtype == torch.float32
+    assert load_quantized(tmp_path) is None  # int8: load_model loads the float32 model, then quantizes it
+    quantized, reference = load_model(tmp_path, quantize="int8"), quantize_model_(load_model(tmp_path))
+    assert is_quantized(quantized)
+    ids = torch.randint(3, 500, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(quantized(ids).logits, reference(ids).logits)

@@ -156,12 +156,23 @@ def meta_model(config, weights: LazyWeights, source: str, strict: bool):
     return model, expected
 
 
+def weight_key(model: nn.Module, module: nn.Module) -> str:
+    """The state-dict key of `module`'s weight inside `model`."""
+    return next(name for name, candidate in model.named_modules() if candidate is module) + ".weight"
+
+
 def _tied_head_name(model) -> str | None:
     """The lm_head weight's key when it is tied to the input embedding (checkpoints leave it out), else None."""
-    if not model.config.tie_word_embeddings:
-        return None
-    head = model.get_output_embeddings()
-    return next(name for name, module in model.named_modules() if module is head) + ".weight"
+    return weight_key(model, model.get_output_embeddings()) if model.config.tie_word_embeddings else None
+
+
+def check_all_loaded(model: nn.Module, source: str) -> None:
+    """CheckpointError naming the parameters and buffers still on the meta device after a load."""
+    from vary.modeling.official import CheckpointError
+
+    left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if left:
+        raise CheckpointError(f"{source}: weights not loaded: {left[:5]}")
 
 
 def fill_buffers(model: nn.Module) -> None:
@@ -180,7 +191,6 @@ def fill_buffers(model: nn.Module) -> None:
 def load_float(path: Path, dtype: torch.dtype, **overrides: Any):
     """A safetensors checkpoint folder (ours or released) as a VaryForCausalLM in `dtype`, read tensor by tensor
     (LazyWeights.take closes the file every COPY_MAPPED_BYTES); None for pickled weights."""
-    from vary.modeling.official import CheckpointError
 
     opened = open_checkpoint(path, **overrides)
     if opened is None:
@@ -192,9 +202,7 @@ def load_float(path: Path, dtype: torch.dtype, **overrides: Any):
     fill_buffers(model)  # float32, as transformers keeps them: bf16 rotary frequencies would blur far positions
     if _tied_head_name(model) is not None:
         model.language_model.tie_weights()
-    left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
-    if left:
-        raise CheckpointError(f"{source}: weights not loaded: {left[:5]}")
+    check_all_loaded(model, source)
     parts = [model.config] + [getattr(model.config, f"{name}_config", None) for name in ("text", "vision", "clip")]
     for part in filter(None, parts):
         part.dtype = dtype  # as from_pretrained records it: the loaded dtype, not the file's

@@ -49,18 +49,21 @@ def load_model(
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
     config = read_config(path)
-    if quantize is not None:
-        from vary.modeling.quantize import load_quantized
-
-        return load_quantized(path, quantize, vision_dtype=dtype, **overrides)
-    released = official_family(config) is not None or is_hf_got(config)
-    if not released and config.get("model_type") != "vary":
+    family, hf_got = official_family(config), is_hf_got(config)
+    if family is None and not hf_got and config.get("model_type") != "vary":
         raise CheckpointError(f"{path}/config.json: model_type {config.get('model_type')!r} is not a Vary model")
+    if quantize is not None:
+        from vary.modeling.quantize import load_quantized, quantize_model_
+
+        model = load_quantized(path, quantize, vision_dtype=dtype, **overrides)
+        if model is None:  # pickled weights cannot be read lazily: the float32 model first, quantized in place
+            model = quantize_model_(load_model(path, allow_missing=allow_missing, **overrides), quantize, dtype)
+        return model
     if not allow_missing and (model := load_float(path, dtype, **overrides)) is not None:
         return model  # safetensors, read tensor by tensor: peak memory is the model, not the model + the file
-    if official_family(config) is not None:
+    if family is not None:
         return load_official(path, dtype=dtype, **overrides)
-    if is_hf_got(config):
+    if hf_got:
         return load_hf_got(path, dtype=dtype, **overrides)
     try:
         model, info = VaryForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **overrides)

@@ -49,7 +49,14 @@ from torch.nn.utils import parametrize
 from transformers.models.qwen2 import modeling_qwen2 as qwen2
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP
 
-from vary.modeling.lazy_weights import LazyWeights, fill_buffers, meta_model, open_checkpoint
+from vary.modeling.lazy_weights import (
+    LazyWeights,
+    check_all_loaded,
+    fill_buffers,
+    meta_model,
+    open_checkpoint,
+    weight_key,
+)
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -276,10 +283,6 @@ def decoder_layers(model) -> tuple[str, nn.ModuleList]:
     raise ValueError("this model's language model has no decoder layer list to quantize")
 
 
-def _module_name(model: nn.Module, target: nn.Module) -> str:
-    return next(name for name, module in model.named_modules() if module is target)
-
-
 def is_quantized(model) -> bool:
     return getattr(model, "quantized", None) is not None
 
@@ -423,24 +426,14 @@ def load_quantized(path: str | Path, method: str = "int8", vision_dtype: torch.d
 
     safetensors checkpoints, ours or released (official GOT-OCR2 / Vary, transformers' GotOcr2), are read tensor
     by tensor into a meta-device model under our key names, one decoder layer at a time. Pickled (.bin)
-    checkpoints cannot be read lazily: they are loaded in float32, then quantized in place.
+    checkpoints cannot be read lazily: None (`vary.load_model(quantize=...)` loads them in float32, then
+    quantizes them in place).
     """
     _check_method(method, vision_dtype)
     return_freed_memory_to_os()
     opened = open_checkpoint(Path(path), **overrides)
-    if opened is None:  # pickled weights cannot be read lazily: float32 first
-        from vary.modeling.got import is_hf_got, load_hf_got
-        from vary.modeling.official import load_official, official_family, read_config
-        from vary.modeling.vary import VaryForCausalLM
-
-        cfg = read_config(path)
-        if official_family(cfg) is not None:
-            model = load_official(path, dtype=torch.float32, **overrides)
-        elif is_hf_got(cfg):
-            model = load_hf_got(path, dtype=torch.float32, **overrides)
-        else:
-            model = VaryForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
-        return quantize_model_(model, method, vision_dtype)
+    if opened is None:
+        return None
     with _collections_skip_older_objects():
         return _load_lean(*opened, vision_dtype)
 
@@ -465,12 +458,10 @@ def _load_lean(config, weights: LazyWeights, source: str, strict: bool, vision_d
     """Fill a meta-device VaryForCausalLM from `weights` piece by piece: the vision side (float32 or bf16 compute;
     16-bit checkpoint weights stay 16-bit, see `_cast_vision`), int8 embedding and lm_head read in row chunks,
     then one decoder layer at a time (read in float32, quantized, freed)."""
-    from vary.modeling.official import CheckpointError
-
     model, expected = meta_model(config, weights, source, strict)
     prefix, layers = decoder_layers(model)
-    embed_name = _module_name(model, model.get_input_embeddings()) + ".weight"
-    head_name = _module_name(model, model.get_output_embeddings()) + ".weight"
+    embed_name = weight_key(model, model.get_input_embeddings())
+    head_name = weight_key(model, model.get_output_embeddings())
     tied = config.tie_word_embeddings
 
     # 1. everything outside the decoder layers and the embedding/lm_head matrices: the language model's part
@@ -501,8 +492,6 @@ def _load_lean(config, weights: LazyWeights, source: str, strict: bool, vision_d
                     param.data = param.data.clone()
         _quantize_layer(layer)
         gc.collect()
-    left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
-    if left:
-        raise CheckpointError(f"{source}: weights not loaded: {left[:5]}")
+    check_all_loaded(model, source)
     _choose_kv_storage(model)
     return model.eval()
