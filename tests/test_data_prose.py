@@ -7,36 +7,11 @@ import random
 
 import pytest
 
+from conftest import EN_FORTUNES
 from vary.data import prose
 from vary.data.fonts import HELDOUT_FONTS, FontNotFoundError, find_fonts, font_covers
 from vary.data.generators.blocks import BlocksGenerator
 from vary.data.prose import ProseCorpus, ProseNotInstalledError, clean, load_passages, partition
-
-EN_FORTUNES = [
-    f"Fortune number {i} says that the quick brown fox jumps over\n\tthe lazy dog {i} times." for i in range(60)
-]
-ZH_FORTUNES = [f"\x1b[32m《诗{i}》\x1b[m\n床前明月光，疑是地上霜。\n举头望明月，低头思故乡{i}。" for i in range(60)]
-
-
-@pytest.fixture
-def packages(tmp_path, monkeypatch):
-    fortunes, docs = tmp_path / "fortunes", tmp_path / "html" / "library"
-    fortunes.mkdir()
-    docs.mkdir(parents=True)
-    (fortunes / "wisdom").write_text("\n%\n".join(EN_FORTUNES) + "\n%\n", encoding="utf-8")
-    (fortunes / "wisdom.dat").write_bytes(b"\x00\x01binary index")
-    (fortunes / "art").write_text("  /\\_/\\\n ( o.o ) a cat drawn with characters\n%\n", encoding="utf-8")
-    (fortunes / "tang300").write_text("\n%\n".join(ZH_FORTUNES), encoding="utf-8")
-    (docs / "os.html").write_text(
-        "<html><nav><p>Navigation</p></nav><body><p>The <code>os</code> module provides a portable way of "
-        "using operating system dependent functionality &amp; more.</p><pre>import os</pre></body></html>",
-        encoding="utf-8",
-    )
-    monkeypatch.setattr(prose, "FORTUNES_DIR", fortunes)
-    monkeypatch.setattr(prose, "PYTHON_DOCS_DIR", tmp_path / "html")
-    load_passages.cache_clear()
-    yield fortunes, tmp_path / "html"
-    load_passages.cache_clear()
 
 
 def test_clean_joins_lines_and_strips_colour_codes():

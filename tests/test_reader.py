@@ -17,7 +17,7 @@ from vary.modeling.conv_vocab import greedy_rows, merge_rows, reading_loss, wide
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import train_char_tokenizer
 from vary.modeling.vary import VaryForCausalLM
-from vary.prompts import NATURE_SENTENCES
+from vary.prompts import CHART_ANSWER_PREFIX, NATURE_SENTENCES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,7 +158,7 @@ def one_hot_rows(paths: list[list[int]], vocab: int = 10) -> torch.Tensor:
 def test_greedy_rows_collapse_repeats_and_blanks():
     logits = one_hot_rows([[0, 0, 0, 0, 0, 0], [3, 3, 0, 3, 4, 4], [0, 5, 0, 0, 6, 0]])
     rows = greedy_rows(logits, blank=0)[0]
-    assert [(r, ids) for r, ids, _ in rows] == [(1, [3, 3, 4]), (2, [5, 6])]
+    assert [(r, ids, frames) for r, ids, _, frames in rows] == [(1, [3, 3, 4], [0, 3, 4]), (2, [5, 6], [1, 4])]
 
 
 def test_a_run_of_wide_glyph_frames_is_one_character_the_run_likes_best():
@@ -169,8 +169,8 @@ def test_a_run_of_wide_glyph_frames_is_one_character_the_run_likes_best():
     wide = torch.zeros(10, dtype=torch.bool)
     wide[[5, 6]] = True
     rows = greedy_rows(logits, blank=0, wide=wide)[0]
-    assert [(r, ids) for r, ids, _ in rows] == [(0, [6, 3, 4, 6]), (1, [3, 4])]
-    assert [(r, ids) for r, ids, _ in greedy_rows(logits, blank=0)[0]][0] == (0, [5, 6, 5, 3, 4, 6])  # without
+    assert [(r, ids, frames) for r, ids, _, frames in rows] == [(0, [6, 3, 4, 6], [1, 6, 7, 9]), (1, [3, 4], [1, 4])]
+    assert [(r, ids) for r, ids, *_ in greedy_rows(logits, blank=0)[0]][0] == (0, [5, 6, 5, 3, 4, 6])  # without
     tok = train_char_tokenizer(TEXTS, vocab_size=128)
     marked = {t for t, i in tok.get_vocab().items() if wide_tokens(tok, len(tok))[i]}
     assert {"中", "，", "。"} <= marked and not marked & set("The quick 0123456789")
@@ -264,6 +264,34 @@ def test_pipeline_reads_ocr_with_the_head_and_other_tasks_with_the_decoder(reade
     assert pipe.run(image, "markdown").num_tokens <= 4
 
 
+def test_pipeline_reads_a_bar_chart_with_the_head(reader_pipeline, monkeypatch):
+    pipe, tok = reader_pipeline, reader_pipeline.processor.tokenizer
+
+    def row(r, text, first):
+        ids = tok.encode(text, add_special_tokens=False)
+        return (r, ids, 0.9, [first + 2 * i for i in range(len(ids))])
+
+    # title; y axis 0 / 50 ending at frame 6; values 42 and 7 over bars at frames 21 and 41; their labels
+    rows = [row(0, "fox", 28), row(2, "50", 4), row(3, "42", 20), row(5, "7", 41), row(6, "0", 6),
+            row(7, "ABC", 19), row(7, "dog", 39)]  # fmt: skip
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: [rows for _ in pixels])
+    image = Image.new("RGB", (64, 64), "white")
+    assert pipe.reads_with_head("chart") and not pipe.reads_with_head("markdown")
+    assert pipe.chart(image) == {"title": "fox", "data": {"ABC": 42, "dog": 7}}
+    result = pipe.run(image, "chart")
+    assert result.task == "chart" and result.startswith(CHART_ANSWER_PREFIX)
+    assert "".join(pipe.stream(image, "chart")) == result
+    # read at chart_read_scale x the input size (64 px here), frames and rows scaled back for the layout rules
+    seen = []
+    twice = [(2 * r, ids, conf, [2 * f for f in frames]) for r, ids, conf, frames in rows]
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: seen.append(pixels.shape) or [twice])
+    monkeypatch.setattr(pipe.model.config, "chart_read_scale", 2.0)
+    assert pipe.chart(image) == {"title": "fox", "data": {"ABC": 42, "dog": 7}} and seen[-1][-2:] == (128, 128)
+    assert pipe.ocr(image) is not None and seen[-1][-2:] == (64, 64)  # ocr keeps the trained size
+    with pytest.raises(ValueError, match="chart_read_scale"):
+        tiny_reader(64, chart_read_scale=9)
+
+
 # --- training with both losses -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def block_shards(tmp_path_factory):
@@ -317,13 +345,13 @@ def test_trainer_logs_the_reading_loss_and_refuses_what_cannot_train_it(tmp_path
 def test_an_image_without_text_goes_to_the_decoder(reader_pipeline, monkeypatch):
     pipe = reader_pipeline
     image = Image.new("RGB", (64, 64), "white")
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None: [[] for _ in range(len(pixels))])
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: [[] for _ in range(len(pixels))])
     calls = []
     generate = pipe._generate
     monkeypatch.setattr(pipe, "_generate", lambda *a, **k: calls.append(a) or generate(*a, **k))
     result = pipe.ocr(image)
     assert len(calls) == 1 and 1 <= result.num_tokens <= 4  # generated, within max_new_tokens
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None: [[[7, 8]] for _ in range(len(pixels))])
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: [[(0, [7, 8], 1.0, [0, 2])] for _ in pixels])
     assert pipe.ocr(image).text == pipe.processor.tokenizer.decode([7, 8]) and len(calls) == 1
 
 
@@ -380,10 +408,13 @@ def test_only_a_short_head_reading_is_asked_whether_it_is_a_photograph(photo_pip
     image = Image.new("RGB", (64, 64), "white")
     letter = pipe.processor.tokenizer.convert_tokens_to_ids("a")
     for n, photo in ((2, True), (Pipeline.PHOTO_MAX_CHARS, False)):
-        monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, n=n: [[[letter] * n] for _ in pixels])
+        rows = [(0, [letter] * n, 1.0, list(range(0, 2 * n, 2)))]  # one grid row reads n letters
+        monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None, rows=rows: [rows for _ in pixels])
         assert (pipe.ocr(image).text in NATURE_SENTENCES) is photo
     pipe.model.config.photo_nll_threshold = None  # no gate: the head's two stray letters stand
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None: [[[letter] * 2] for _ in pixels])
+    monkeypatch.setattr(
+        pipe.model, "read_rows", lambda pixels, wide=None: [[(0, [letter] * 2, 1.0, [0, 2])] for _ in pixels]
+    )
     assert pipe.ocr(image).text == "aa"
     with pytest.raises(ValueError, match="photo_nll_threshold is for ocr_reader='reading_head'"):
         tiny_reader(64, photo_nll_threshold=1.0)

@@ -82,6 +82,10 @@ class VaryConfig(PreTrainedConfig):
     # reads texture (windows, circuit boards) as a few letters, so "the head read nothing" misses photographs.
     # None: only images where the head reads nothing go to the decoder.
     photo_nll_threshold: float | None = None
+    # With ocr_reader "reading_head": task "chart" reads the image at this many times image_size (the conv net
+    # reads any size), so that a chart's small type (tick labels, values) comes out at the type size the head
+    # reads best (vary.infer.chart_reading).
+    chart_read_scale: float = 1.0
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None and "clip_config" not in kwargs:
@@ -130,6 +134,8 @@ class VaryConfig(PreTrainedConfig):
             raise ValueError("ocr_reader='reading_head' needs reading_head=true")
         if self.photo_nll_threshold is not None and self.ocr_reader != "reading_head":
             raise ValueError("photo_nll_threshold is for ocr_reader='reading_head' (a decoder answers photos itself)")
+        if not 0.5 <= self.chart_read_scale <= 4:
+            raise ValueError(f"chart_read_scale must be in [0.5, 4] (times image_size), got {self.chart_read_scale}")
         if self.vision_encoder == "conv":
             self._validate_conv_shapes()
         else:

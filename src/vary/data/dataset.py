@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from vary.data.sample import SkipSample
 from vary.data.shards import IMAGE_EXTS, decode_record, list_shards, prompt_for
+from vary.modeling.conv_vocab import wide_glyph
 from vary.modeling.processor import ImageError, VaryProcessor
 from vary.templates import Template, get_template
 
@@ -430,68 +431,99 @@ def no_line_labels(rows: int, frames: int) -> torch.Tensor:
     return torch.full((rows, frames), IGNORE_INDEX, dtype=torch.long)
 
 
+def drawn_lines(conv: Conversation) -> list[tuple[str, list]] | None:
+    """(text, one box per character) of each line drawn on the image, or None when the sample has no boxes.
+
+    Blocks (`boxes=true`) box the characters of the answer (meta["char_boxes"], newlines left out); charts
+    (`boxes=true`) record every line they draw, which their dict answer does not spell (meta["text_lines"])."""
+    if conv.meta.get("text_lines"):
+        return [(text, boxes) for text, boxes in conv.meta["text_lines"]]
+    boxes = conv.meta.get("char_boxes")
+    if not boxes:
+        return None
+    lines = conv.turns[-1][1].split("\n")
+    if sum(len(line) for line in lines) != len(boxes):
+        raise SkipSample.because(
+            "line_boxes", f"sample {conv.key}: {len(boxes)} boxes for {sum(map(len, lines))} characters"
+        )
+    out, start = [], 0
+    for line in lines:
+        out.append((line, boxes[start : start + len(line)]))
+        start += len(line)
+    return out
+
+
 def line_labels_for(conv: Conversation, tokenizer, rows: int, frames: int) -> torch.Tensor:
     """(rows, frames) labels for a reading head: the token id of the character each frame shows, else the blank
     (the tokenizer's pad id), for an image cut into `rows` bands of `frames` columns.
 
-    Each band reads the line whose glyph boxes (blocks' `boxes=true`: meta["char_boxes"], one box per character
-    of the answer, newlines left out) span the band's centre, the nearest line's centre winning where two lines'
-    boxes overlap; a line too short to span a band centre takes the band of its own centre. So a line of type
-    taller than a band is read by each band it covers (inference merges such repeats): with one band per line
-    the head sat at all-blank output for hundreds of steps. Within a band, a character labels the frames under
-    the middle half of its box (at least one frame; frames taken by its left neighbour are skipped), and two
-    equal letters side by side stay apart by a blank frame, so best-path decoding does not merge them. Samples without boxes (charts,
-    pages) are all -100 and train only the decoder; photographs are all blank (no text).
+    Each band reads the lines whose glyph boxes (`drawn_lines`) span the band's centre, nearest line centre first;
+    a line whose frames overlap a nearer one's is left out of that band (two lines of a block), one beside it
+    is read too (a chart's labels side by side). A line too short to span a band centre takes the band of its
+    own centre where its frames are free, else of the nearer neighbour. So a line of type taller than a band is read by each band it covers
+    (inference merges such repeats): with one band per line the head sat at all-blank output for hundreds of
+    steps. Within a band, a character labels the frames under the middle half of its box (at least one frame;
+    frames taken by its left neighbour are skipped), and two equal letters or two wide (CJK) glyphs side by side
+    stay apart by a blank frame, so decoding (conv_vocab.greedy_rows) does not merge them. Samples without boxes (pages, charts drawn without them)
+    are all -100 and train only the decoder; photographs are all blank (no text).
     """
     blank = tokenizer.pad_token_id or 0
     if conv.kind == "natural":
         return torch.full((rows, frames), blank, dtype=torch.long)
-    boxes = conv.meta.get("char_boxes")
-    if not boxes:
+    lines = drawn_lines(conv)
+    if not lines:
         return no_line_labels(rows, frames)
-    answer = conv.turns[-1][1]
-    lines = answer.split("\n")
-    if not hasattr(conv.image, "size") or sum(len(line) for line in lines) != len(boxes):
-        raise SkipSample.because("line_boxes", f"sample {conv.key}: {len(boxes)} boxes for {len(answer)} characters")
+    if not hasattr(conv.image, "size"):
+        raise SkipSample.because("line_boxes", f"sample {conv.key}: glyph boxes without an image")
     width, height = conv.image.size
     band, frame = height / rows, width / frames
-    spans, start = [], 0  # (top, bottom, frame labels) per drawn line
-    for line in lines:
-        line_boxes = boxes[start : start + len(line)]
-        start += len(line)
+    spans = []  # (top, bottom, first frame, last frame, frame labels) per drawn line
+    for line, line_boxes in lines:
         if not line.strip():
             continue
         ids = tokenizer.encode(line, add_special_tokens=False)
         if len(ids) != len(line):
             raise ValueError("reading-head labels need one token per character (model.tokenizer_type: chars)")
         labels = torch.full((frames,), blank, dtype=torch.long)
-        previous, previous_last = None, -2
-        for token, (left, _, right, _) in zip(ids, line_boxes, strict=True):
+        previous, previous_wide, previous_last, used = None, False, -2, []
+        for token, char, (left, _, right, _) in zip(ids, line, line_boxes, strict=True):
             quarter = (right - left) / 4
             first = min(frames - 1, max(0, int((left + quarter) / frame)))
             last = max(first, int((right - quarter) / frame))
-            if token == previous:  # keep a blank between equal letters, or decoding would merge them
+            wide = wide_glyph(char)
+            # a blank between equal letters, and between two wide glyphs (decoding reads a run of frames with a
+            # wide glyph as one character: small CJK type would otherwise give neighbours touching frames)
+            if token == previous or (wide and previous_wide):
                 first = max(first, previous_last + 2)
             first = max(first, previous_last + 1)  # a frame shows one character
             last = min(frames - 1, max(first, last))
             if first < frames:
                 labels[first : last + 1] = token
-                previous, previous_last = token, last
-        top, bottom = min(b[1] for b in line_boxes), max(b[3] for b in line_boxes)
-        spans.append((top, bottom, labels))
+                previous, previous_wide, previous_last = token, wide, last
+                used += [first, last]
+        if used:
+            top, bottom = min(b[1] for b in line_boxes), max(b[3] for b in line_boxes)
+            spans.append((top, bottom, min(used), max(used), labels))
     out = torch.full((rows, frames), blank, dtype=torch.long)
-    taken = [None] * rows
+    taken: list[list[tuple]] = [[] for _ in range(rows)]
+
+    def place(r: int, span: tuple) -> bool:
+        if all(span[3] < t[2] or span[2] > t[3] for t in taken[r]):  # frames free in this band
+            taken[r].append(span)
+            out[r, span[2] : span[3] + 1] = span[4][span[2] : span[3] + 1]
+            return True
+        return False
+
     for r in range(rows):
         y = (r + 0.5) * band
-        inside = [s for s in spans if s[0] <= y <= s[1]]
-        if inside:
-            taken[r] = min(inside, key=lambda s: abs((s[0] + s[1]) / 2 - y))
-            out[r] = taken[r][2]
+        for span in sorted((s for s in spans if s[0] <= y <= s[1]), key=lambda s: abs((s[0] + s[1]) / 2 - y)):
+            place(r, span)
     for span in spans:
-        if not any(t is span for t in taken):
-            r = min(rows - 1, max(0, int((span[0] + span[1]) / 2 / band)))
-            if taken[r] is None:
-                taken[r], out[r] = span, span[2]
+        if not any(t is span for row in taken for t in row):  # its own centre's band, else the nearer neighbour
+            centre = (span[0] + span[1]) / 2 / band
+            r = min(rows - 1, max(0, int(centre)))
+            if not place(r, span):
+                place(min(rows - 1, max(0, r + 1 if centre - r > 0.5 else r - 1)), span)
     return out
 
 

@@ -172,3 +172,20 @@ class ProseCorpus(TextCorpus):
         sentences = self._sentences(rng)
         start = rng.randrange(max(1, len(sentences) - n_sentences + 1))
         return ("" if self.lang == "zh" else " ").join(sentences[start : start + n_sentences])
+
+
+def text_source(generator: str, lang: str, text: str, split: str | None, corpus_dir: str | Path | None = None,
+                zh_chars: int | None = None) -> tuple[TextCorpus, str | None]:  # fmt: skip
+    """A generator's `text` and `split` options -> (its corpus, its split): "generator" text (the built-in
+    word generator, or `corpus_dir`'s files) or "prose" (this module, the split's passages; split defaults to
+    "train" so held-out text is only drawn on request). The split also chooses the faces (find_fonts)."""
+    if text not in ("generator", "prose"):
+        raise ValueError(f"{generator}: text must be 'generator' or 'prose', got {text!r}")
+    split = None if split in (None, "", "none") else split
+    if split not in (None, *SPLITS):
+        raise ValueError(f"{generator}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if text == "generator":
+        return TextCorpus(lang, Path(corpus_dir) if corpus_dir else None, zh_chars=zh_chars), split
+    if corpus_dir or zh_chars:
+        raise ValueError(f"{generator}: text=prose draws its own text; it excludes corpus_dir= and zh_chars=")
+    return ProseCorpus(lang, split or "train"), split or "train"

@@ -33,6 +33,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList, TextIterator
 
 from vary.assets import bundled_model_dir
 from vary.chart_answer import parse_chart_answer
+from vary.infer.chart_reading import read_chart
 from vary.infer.documents import DocumentError, Page
 from vary.infer.generation import (
     CancelCriteria,
@@ -43,7 +44,7 @@ from vary.infer.generation import (
     generated_ids,
 )
 from vary.infer.tasks import Task
-from vary.modeling.conv_vocab import wide_tokens
+from vary.modeling.conv_vocab import merge_rows, wide_tokens
 from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
@@ -312,19 +313,22 @@ class Pipeline:
     ) -> list[Result]:
         """One batch: images + raw instructions -> one Result each. `overrides` replace GenerationSettings."""
         if self.reads_with_head(task):
-            return self.read(images, crop, max_tiles, **overrides)
+            return self.read(images, crop, max_tiles, task, **overrides)
         batch = self._batch(images, instructions, crop, max_tiles)  # raises ImageError before any model work
         return self._generate(batch, task, streamer, cancel, dataclasses.replace(self.settings, **overrides))
 
     def reads_with_head(self, task: str) -> bool:
-        """Whether `task` is read by the model's reading head instead of the decoder (config.ocr_reader)."""
-        return task == "ocr" and getattr(self.model.config, "ocr_reader", "decoder") == "reading_head"
+        """Whether `task` is read by the model's reading head instead of the decoder (config.ocr_reader): plain
+        OCR, and charts (their dict from where the head read each piece of text, vary.infer.chart_reading)."""
+        return task in ("ocr", "chart") and getattr(self.model.config, "ocr_reader", "decoder") == "reading_head"
 
     def read(self, images: list[ImageInput], crop: bool | None = None, max_tiles: int | None = None,
-             **overrides) -> list[Result]:  # fmt: skip
-        """Plain-text OCR with the reading head: one forward pass of the conv vocabulary per image, each grid row
-        read on its best path (VaryForCausalLM.read_lines). With `crop`, the page is resized to the multi-crop
-        grid and read whole, so a line runs across its tiles; without it, the image is squashed to one tile.
+             task: str = "ocr", **overrides) -> list[Result]:  # fmt: skip
+        """Plain-text OCR (or, with task "chart", a bar chart's dict: vary.infer.chart_reading) with the
+        reading head: one forward pass of the conv vocabulary per image, each grid row read on its best path
+        (VaryForCausalLM.read_rows). With `crop`, the page is resized to the multi-crop grid and read whole, so a
+        line runs across its tiles; without it, the image is squashed to one tile. A chart is read at
+        config.chart_read_scale times the tile's size (crop or not).
 
         A photograph is answered as Vary-tiny does, with a nature sentence. The head reads a few stray letters in
         some photographs' texture, so an image where it reads less than PHOTO_MAX_CHARS characters is asked of the
@@ -334,14 +338,23 @@ class Pipeline:
         tok = self.processor.tokenizer
         results = []
         for image in images:  # pages differ in size under crop: one at a time (a forward pass, no decoding loop)
-            if crop:
+            scale = getattr(self.model.config, "chart_read_scale", 1.0) if task == "chart" else 1.0
+            if crop and task != "chart":
                 pixels = self.processor.canvas_tensor(image, max_tiles or self.max_tiles)[0][None]
             else:
-                pixels = self.processor.image_tensor(image)[None]
+                pixels = self.processor.image_tensor(image, scale)[None]
             with self._lock, torch.inference_mode():
-                lines = self.model.read_lines(pixels.to(self.device), self.wide_tokens)[0]
+                rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
+            if task == "chart":
+                decode = functools.partial(tok.decode, skip_special_tokens=True)
+                answer = read_chart(rows, decode, scale=pixels.shape[-1] / self.processor.config.image_size)
+                results.append(Result(answer, "chart", False, len(tok.encode(answer, add_special_tokens=False))))
+                continue
+            lines = merge_rows(rows)
             text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
             results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
+        if task == "chart":
+            return results
         short = [i for i, result in enumerate(results) if len(result.strip()) < self.PHOTO_MAX_CHARS]
         for i, photo in zip(short, self.photo_answers([images[i] for i in short]), strict=True):
             if photo is not None:
@@ -543,7 +556,7 @@ class Pipeline:
     ) -> TextStream:
         """Text chunks as they are generated; the final Result is `.result` once the stream is exhausted."""
         if self.reads_with_head(task):  # one forward pass: the whole text is one chunk
-            return ReadStream(self.read([image], crop, max_tiles, **overrides)[0])
+            return ReadStream(self.read([image], crop, max_tiles, task, **overrides)[0])
         images, instructions = self.instructions([image], task, question, box, color, crop)
         batch = self._batch(images, instructions, crop, max_tiles)  # bad images fail here, not in the thread
         return TextStream(self, batch, task, dataclasses.replace(self.settings, **overrides))

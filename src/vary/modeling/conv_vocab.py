@@ -93,11 +93,11 @@ def reading_loss(logits: torch.Tensor, frame_labels: torch.Tensor, blank: int) -
 
 
 def greedy_rows(logits: torch.Tensor, blank: int,
-                wide: torch.Tensor | None = None) -> list[list[tuple[int, list[int], float]]]:  # fmt: skip
+                wide: torch.Tensor | None = None) -> list[list[tuple[int, list[int], float, list[int]]]]:  # fmt: skip
     """Best-path decoding of every row (as CTC's: repeats merged, blanks dropped; a character's frames are the
     middle of its glyph box, so neighbouring equal letters stay apart by a blank): per image, (row, token ids,
-    mean confidence of the kept frames) for each row that reads something. Vectorised over the batch; only the
-    short id lists are built in Python.
+    mean confidence of the kept frames, the frame each id starts at) for each row that reads something.
+    Vectorised over the batch; only the short id lists are built in Python.
 
     `wide` (vocab,) bool marks tokens whose glyphs are about as wide as tall (CJK, `wide_tokens`): a run of
     non-blank frames holding one is one character, the one with the most probability summed over the run. Such
@@ -116,22 +116,24 @@ def greedy_rows(logits: torch.Tensor, blank: int,
         rows = []
         for r in torch.nonzero(image_keep.any(-1)).flatten().tolist():
             if image_wide[r].any():
-                ids, confs = read_runs(image_probs[r], image_best[r], image_keep[r], blank, image_wide[r])
-                rows.append((r, ids, sum(confs) / len(confs)))
+                ids, confs, frames = read_runs(image_probs[r], image_best[r], image_keep[r], blank, image_wide[r])
+                rows.append((r, ids, sum(confs) / len(confs), frames))
                 continue
             mask = image_keep[r]
-            rows.append((r, image_best[r][mask].tolist(), float(image_conf[r][mask].mean())))
+            frames = torch.nonzero(mask).flatten().tolist()
+            rows.append((r, image_best[r][mask].tolist(), float(image_conf[r][mask].mean()), frames))
         out.append(rows)
     return out
 
 
 def read_runs(probs: torch.Tensor, best: torch.Tensor, keep: torch.Tensor, blank: int,
-              wide: torch.Tensor) -> tuple[list[int], list[float]]:  # fmt: skip
+              wide: torch.Tensor) -> tuple[list[int], list[float], list[int]]:  # fmt: skip
     """One row (F, V) read run by run: a run of non-blank frames with a wide glyph is its likeliest character
-    (probabilities summed over the run), any other run its best path. Returns ids and their confidences."""
+    (probabilities summed over the run), any other run its best path. Returns ids, their confidences and the
+    frame each starts at."""
     text = best != blank
     run = torch.cumsum(~text, 0)  # the frames of one run share a number
-    ids, confs = [], []
+    ids, confs, starts = [], [], []
     for k in torch.unique(run[text]).tolist():
         frames = text & (run == k)
         if wide[frames].any():
@@ -139,11 +141,13 @@ def read_runs(probs: torch.Tensor, best: torch.Tensor, keep: torch.Tensor, blank
             c = int(total.argmax())
             ids.append(c)
             confs.append(float(total[c]) / int(frames.sum()))
+            starts.append(int(torch.nonzero(frames)[0]))
         else:
             chosen = frames & keep
             ids += best[chosen].tolist()
             confs += probs[chosen].max(-1).values.tolist()
-    return ids, confs
+            starts += torch.nonzero(chosen).flatten().tolist()
+    return ids, confs, starts
 
 
 def wide_glyph(char: str) -> bool:
@@ -160,9 +164,9 @@ def wide_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     return wide
 
 
-def same_line(a: tuple[int, list[int], float], b: tuple[int, list[int], float], similar: float = 0.6,
+def same_line(a: tuple, b: tuple, similar: float = 0.6,
               contained: float = 0.4) -> bool:  # fmt: skip
-    """Whether two neighbouring rows' readings (row, ids, confidence) are one line: nearly equal (normalised
+    """Whether two neighbouring rows' readings (row, ids, confidence, ...) are one line: nearly equal (normalised
     Levenshtein similarity >= `similar`), or the shorter, read less confidently, is a part of the longer with at
     most `contained` of its characters misread (a row that sees only the top or the bottom of the glyphs reads
     fewer of them: "This modul" under "This module also provides")."""
@@ -173,13 +177,13 @@ def same_line(a: tuple[int, list[int], float], b: tuple[int, list[int], float], 
     return bool(short[1]) and short[2] < long[2] and excess <= contained * len(short[1])
 
 
-def merge_rows(rows: list[tuple[int, list[int], float]], similar: float = 0.6,
+def merge_rows(rows: list[tuple], similar: float = 0.6,
                contained: float = 0.4) -> list[list[int]]:  # fmt: skip
     """One id list per text line. Training gives a line to every row its glyphs span, so a line is read by one
     to three neighbouring rows: of neighbouring rows that read the same line (same_line), keep the most
     confident. Neighbouring rows that read different text are two lines (dense type puts consecutive lines on
     consecutive rows), and real prose never repeats a line that closely."""
-    lines: list[tuple[int, list[int], float]] = []
+    lines: list[tuple] = []
     last_row = -2  # the last row merged into lines[-1] (a tall line spans several rows)
     for row in rows:
         if lines and row[0] == last_row + 1 and same_line(row, lines[-1], similar, contained):
@@ -188,4 +192,4 @@ def merge_rows(rows: list[tuple[int, list[int], float]], similar: float = 0.6,
         else:
             lines.append(row)
         last_row = row[0]
-    return [ids for _, ids, _ in lines]
+    return [line[1] for line in lines]

@@ -159,9 +159,10 @@ class VaryProcessor:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     # --- images ---
-    def image_tensor(self, image: ImageInput) -> torch.Tensor:
-        """High-resolution branch input: (3, S, S)."""
-        size = self.config.image_size
+    def image_tensor(self, image: ImageInput, scale: float = 1) -> torch.Tensor:
+        """High-resolution branch input: (3, S, S); (3, scale * S, scale * S) for a conv vocabulary's reading
+        head, which reads any size."""
+        size = round(self.config.image_size * scale / 32) * 32  # whole grid cells and tokens
         image = load_image(image, self.max_pixels)
         if image.size != (size, size):
             image = image.resize((size, size), _RESAMPLE[self.config.image_resample])

@@ -196,14 +196,17 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         return self.reading_head(grid.permute(0, 2, 3, 1)).reshape(n, rows, width * self.config.reading_frames, -1)
 
     @torch.no_grad()
-    def read_lines(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[list[int]]]:
-        """Read each image with the reading head alone: per image, one token-id list per text line, top to
-        bottom (best path per grid row, see conv_vocab.greedy_rows / merge_rows; `wide`: conv_vocab.wide_tokens)."""
+    def read_rows(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[tuple]]:
+        """Read each image with the reading head alone: per image, (row, token ids, confidence, start frames)
+        of every grid row that reads something (conv_vocab.greedy_rows; `wide`: conv_vocab.wide_tokens)."""
         if self.reading_head is None:
             raise ValueError("this model has no reading head (config.reading_head): read with generate()")
         grid = self.vision_vocab.grid(pixel_values.to(self.projector_vary.weight.dtype))
-        rows = greedy_rows(self.reading_logits(grid), self.config.text_config.pad_token_id, wide)
-        return [merge_rows(image_rows) for image_rows in rows]
+        return greedy_rows(self.reading_logits(grid), self.config.text_config.pad_token_id, wide)
+
+    def read_lines(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[list[int]]]:
+        """read_rows, then per image one token-id list per text line, top to bottom (conv_vocab.merge_rows)."""
+        return [merge_rows(image_rows) for image_rows in self.read_rows(pixel_values, wide)]
 
     def generate(self, *args, **kwargs):
         if self.vision_vocab.fast_cpu and self.device.type == "cpu":

@@ -34,12 +34,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from vary.data.fonts import FONT_SPLITS, draw_text, find_fonts, font_covers, load_font, text_width
+from vary.data.fonts import draw_text, find_fonts, font_covers, load_font, text_width
 from vary.data.generators import option_flag
 from vary.data.generators.pages import wrap_chars, wrap_words
-from vary.data.prose import ProseCorpus
+from vary.data.prose import text_source
 from vary.data.sample import Sample
-from vary.data.text import TextCorpus
 
 
 def _span(text: str | tuple, cast) -> tuple:
@@ -92,18 +91,7 @@ class BlocksGenerator:
         if self.font[1] > 0.6:
             raise ValueError(f"blocks: font {font!r} is a fraction of the image side; keep it under 0.6")
         zh_chars = int(zh_chars) if zh_chars not in (None, "", "none") else None
-        if text not in ("generator", "prose"):
-            raise ValueError(f"blocks: text must be 'generator' or 'prose', got {text!r}")
-        split = None if split in (None, "", "none") else split
-        if split not in (None, *FONT_SPLITS):
-            raise ValueError(f"blocks: split must be one of {', '.join(FONT_SPLITS)}, got {split!r}")
-        if text == "prose":
-            if corpus_dir or zh_chars:
-                raise ValueError("blocks: text=prose draws its own text; it excludes corpus_dir= and zh_chars=")
-            self.corpus = ProseCorpus(lang, split or "train")
-            split = split or "train"
-        else:
-            self.corpus = TextCorpus(lang, Path(corpus_dir) if corpus_dir else None, zh_chars=zh_chars)
+        self.corpus, split = text_source("blocks", lang, text, split, corpus_dir, zh_chars)
         self.text, self.split = text, split
         self.fonts = find_fonts(lang, "regular" + (f"-{font_style}" if font_style else ""), split=split)
 

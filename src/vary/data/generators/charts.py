@@ -15,10 +15,20 @@ Every value is printed on the chart with exactly the digits the target holds, an
 that rounded value, so the image determines the target. ``vary.chart_answer.parse_chart_answer`` reads it back.
 A chart whose texts would leave the canvas or whose value labels would overlap is redrawn from the
 same rng (still deterministic) and skipped after a few tries.
+
+Options for a reading head's data (all `--option key=value`, as the blocks generator's):
+  text   "generator"  "prose": titles and labels cut from real prose (vary.data.prose) instead of the generator
+  split  none         "train" or "heldout": the prose passages and the faces (vary.data.fonts.HELDOUT_FONTS) to
+                      draw from; with text=prose it defaults to "train"
+  boxes  false        true: also record meta["text_lines"], every text line drawn on the chart as
+                      [text, [[left, top, right, bottom] per character]] in image pixels (the line's advance
+                      split by its prefixes' widths, the line's ascent to descent). A chart with rotated text
+                      is redrawn: its glyphs have no upright box.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import textwrap
@@ -35,6 +45,7 @@ from PIL import Image
 
 from vary.data.fonts import find_fonts
 from vary.data.generators import option_flag
+from vary.data.prose import text_source
 from vary.data.sample import Sample, SkipSample
 from vary.data.text import TextCorpus
 from vary.prompts import CHART_ANSWER_PREFIX
@@ -158,10 +169,13 @@ def font_family(path: Path) -> str:
     return _FAMILY_OF_PATH[path]
 
 
-def chart_font_families(lang: str) -> list[str]:
-    """Distinct font families usable for `lang`, sorted so the choice is reproducible across machines."""
-    paths = find_fonts(lang, style="regular")  # raises FontNotFoundError with the set-up hint
+def chart_font_families(lang: str, split: str | None = None) -> list[str]:
+    """Distinct font families usable for `lang` (`split`: see find_fonts), sorted so the choice is reproducible
+    across machines."""
+    paths = find_fonts(lang, style="regular", split=split)  # raises FontNotFoundError with the set-up hint
     families = sorted({font_family(p) for p in paths})
+    if split == "heldout":  # matplotlib picks a face by family: DejaVu Sans Condensed would draw as DejaVu Sans
+        families = [f for f in families if f not in chart_font_families(lang, "train")] or families
     return [f for f in families if "Mono" not in f] or families
 
 
@@ -509,6 +523,46 @@ def layout_problem(fig: Figure, labels: list) -> str | None:
     return None
 
 
+class _TextRecorder:
+    """A renderer that forwards every call to the Agg renderer and records each text line drawn through it:
+    matplotlib keeps Text artists it does not draw (ticks outside the view), so only the draw knows what shows."""
+
+    def __init__(self, renderer):
+        self._renderer, self.lines = renderer, []
+
+    def __getattr__(self, name):
+        return getattr(self._renderer, name)
+
+    def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        self.lines.append((s, x, y, prop, angle, ismath))  # (x, y): the baseline's left end, image pixels
+        return self._renderer.draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+
+
+def glyph_lines(fig: Figure) -> list[list] | None:
+    """Every text line the figure draws as [text, [[left, top, right, bottom] per character]] in image pixels,
+    or None when a line is rotated (its glyphs have no upright box). Redraws the figure (same pixels).
+
+    A character's box spans its line from the ascent to the descent, and horizontally from the advance of the
+    characters before it to the advance including it (kerning included, as the renderer measures a prefix)."""
+    renderer = fig.canvas.get_renderer()
+    recorder = _TextRecorder(renderer)
+    fig.draw(recorder)
+    out = []
+    for text, x, y, prop, angle, ismath in recorder.lines:
+        if angle % 360:
+            return None
+        if ismath or not text.strip():
+            continue
+        _, height, descent = renderer.get_text_width_height_descent(text, prop, ismath=False)
+        top, bottom = y - (height - descent), y + descent
+        edges = [x] + [x + renderer.get_text_width_height_descent(text[: i + 1], prop, ismath=False)[0]
+                       for i in range(len(text))]  # fmt: skip
+        boxes = [[round(a, 1), round(top, 1), round(max(a, b), 1), round(bottom, 1)]
+                 for a, b in itertools.pairwise(edges)]  # fmt: skip
+        out.append([text, boxes])
+    return out
+
+
 # --- the generator ------------------------------------------------------------------------------------
 
 
@@ -538,6 +592,9 @@ class ChartGenerator:
         attempts: int | str = 4,
         simple: bool | str = False,
         font_scale: float | str = 1.0,
+        text: str = "generator",
+        split: str | None = None,
+        boxes: bool | str = False,
     ):
         if count is None:
             raise ValueError("charts: --count is required (charts are generated, there is no input to exhaust)")
@@ -553,12 +610,15 @@ class ChartGenerator:
         self.font_scale = float(font_scale)
         if not 0.5 <= self.font_scale <= 4:
             raise ValueError(f"charts: font_scale must be in [0.5, 4], got {font_scale!r}")
-        self.corpus = TextCorpus(lang, corpus_dir=corpus_dir)
-        self.fonts = chart_font_families(lang)
+        self.corpus, split = text_source("charts", lang, text, split, corpus_dir)
+        self.text, self.split = text, split
+        self.boxes = option_flag(boxes, "boxes")
+        self.fonts = chart_font_families(lang, split)
         self._fig: Figure | None = None  # one figure per process, cleared between charts
 
     def describe(self) -> dict:
-        return {"kinds": list(self.kinds), "families": list(self.families), "fonts": self.fonts}
+        return {"kinds": list(self.kinds), "families": list(self.families), "fonts": self.fonts,
+                "text": self.text, "split": self.split}  # fmt: skip
 
     def __len__(self) -> int:
         return self.count
@@ -587,9 +647,11 @@ class ChartGenerator:
                 donut=rng.random() < 0.35,
                 pie_labels_outside=rng.random() < 0.6,
             )
-            image, problem = self._render(chart, theme, look)
+            image, problem, lines = self._render(chart, theme, look)
             if image is not None:
                 meta = {"chart_kind": kind, "family": family, "theme": theme.name, "font": look.font}
+                if lines is not None:
+                    meta["text_lines"] = lines
                 return Sample(
                     key=f"{self.name}-{self.lang}-{index:08d}",
                     image=image,
@@ -601,7 +663,8 @@ class ChartGenerator:
                 )
         raise SkipSample(f"charts: no clean layout in {self.attempts} attempts ({problem})")
 
-    def _render(self, chart: Chart, theme: Theme, look: Look) -> tuple[Image.Image | None, str]:
+    def _render(self, chart: Chart, theme: Theme, look: Look) -> tuple[Image.Image | None, str, list | None]:
+        """(image, "", text lines if boxes) or (None, why the layout failed, None)."""
         fig = self._figure()
         rc = {
             **theme.rc,
@@ -625,8 +688,11 @@ class ChartGenerator:
             labels = draw_chart(fig, chart, theme, look, self.lang)
             fig.canvas.draw()
             problem = layout_problem(fig, labels)
+            lines = glyph_lines(fig) if self.boxes and not problem else None
+            if self.boxes and not problem and lines is None:
+                problem = "rotated text has no glyph boxes"
             if problem:
-                return None, problem
+                return None, problem, None
             w, h = fig.canvas.get_width_height()
             image = Image.frombuffer("RGBA", (w, h), bytes(fig.canvas.buffer_rgba())).convert("RGB")
-        return image, ""
+        return image, "", lines

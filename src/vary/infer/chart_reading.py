@@ -1,0 +1,224 @@
+"""Bar charts read with a reading head: where each piece of text stands -> the chart's python dict.
+
+A reading-head model (config.ocr_reader "reading_head", vary.modeling.conv_vocab) names the character under
+every 4 px frame of every 16 px grid row, so it knows where it read each piece of text. A bar chart's dict
+follows from where: the number printed over each bar is its value, the label under the same bar its key, the
+top line the title, and the numbers stacked at the left the y axis. No maintained library turns positioned
+OCR into a chart's data, so these layout rules are written here. They cover what the bundled model is trained
+on (vary.data.generators.charts with simple=true, kinds=bar): vertical bars of one series, every value printed.
+A chart of another kind gets whatever those rules find, often an empty 'data'.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vary.modeling.conv_vocab import same_line
+from vary.prompts import CHART_ANSWER_PREFIX
+
+NUMBER = re.compile(r"-?\d+(\.\d+)?")
+# A new piece of text starts where the next character is this many frames (4 px at 384 px) past the last one
+# started: wider than a wide (CJK) glyph at the trained sizes, narrower than the gap between two bars' labels.
+ITEM_GAP = 7
+TICK_ALIGN = 2  # frames: the right edges of the y axis' labels agree within this
+CUT_COST = 3.0  # frames: what cutting the labels' line where the reading saw no gap costs (assign_labels)
+
+
+@dataclass
+class TextItem:
+    """A piece of text the head read: its grid rows, the frames its characters start at, ids and text."""
+
+    rows: tuple[int, int]
+    frames: list[int]
+    ids: list[int]
+    conf: float
+    text: str = ""
+    # the reading as conv_vocab.same_line compares it: (row, ids, confidence)
+    reading: tuple = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.reading = (self.rows[0], self.ids, self.conf)
+
+    @property
+    def left(self) -> int:
+        return self.frames[0]
+
+    @property
+    def right(self) -> int:
+        return self.frames[-1]
+
+    @property
+    def centre(self) -> float:
+        return (self.left + self.right) / 2
+
+    @property
+    def numeric(self) -> bool:
+        return NUMBER.fullmatch(self.text) is not None
+
+
+def row_items(rows: list[tuple], decode: Callable[[list[int]], str], row_gap: int = 1) -> list[TextItem]:
+    """Cut every row that conv_vocab.greedy_rows read, (row, ids, confidence, start frames), into pieces of text
+    at gaps of more than ITEM_GAP frames, and merge a piece with the one a row up to `row_gap` rows above read
+    at the same place
+    (the more confident reading stays): a line is read by each of the one to three rows its glyphs cover, and a
+    row that sees only the top or bottom of the glyphs reads other letters. Two pieces at the same place are
+    kept apart only when one is a number and the other not (a short bar's value over its label)."""
+    items: list[TextItem] = []
+    for row, ids, conf, frames in rows:
+        start = 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or frames[i] - frames[i - 1] > ITEM_GAP:
+                piece = ids[start:i]
+                text = decode(piece).strip()
+                if text:
+                    items.append(TextItem((row, row), frames[start:i], piece, conf, text))
+                start = i
+    merged: list[TextItem] = []
+    for item in items:  # rows in order, so a line's earlier readings are already in `merged`
+        for other in merged:
+            shared = min(other.right, item.right) - max(other.left, item.left)
+            same_place = shared >= min(other.right - other.left, item.right - item.left) / 2 >= 0 and (
+                other.numeric == item.numeric
+            )
+            overlap = other.left <= item.right and item.left <= other.right
+            above = 0 < item.rows[0] - other.rows[1] <= row_gap
+            if above and overlap and (same_place or same_line(item.reading, other.reading)):
+                best = item if item.conf > other.conf else other
+                other.frames, other.ids, other.conf, other.text = best.frames, best.ids, best.conf, best.text
+                other.rows, other.reading = (other.rows[0], item.rows[1]), (other.rows[0], best.ids, best.conf)
+                break
+        else:
+            merged.append(item)
+    return merged
+
+
+def y_axis_labels(items: list[TextItem]) -> tuple[list[TextItem], float | None]:
+    """The numbers stacked at the left of the plot and the frame their right edges share: the largest set (two
+    or more) of numbers on different rows whose right edges agree within TICK_ALIGN frames, and any number
+    ending left of them. Values printed over bars never line up so: each sits over its own bar."""
+    numbers = [item for item in items if item.numeric]
+    best: list[TextItem] = []
+    for item in numbers:
+        column = [other for other in numbers if abs(other.right - item.right) <= TICK_ALIGN]
+        if len({other.rows for other in column}) >= 2 and len(column) > len(best):
+            best = column
+    if not best:
+        return [], None
+    edge = max(item.right for item in best)
+    return [item for item in numbers if item.right <= edge + TICK_ALIGN], edge
+
+
+def split_tick(item: TextItem, edge: float, decode: Callable[[list[int]], str]) -> tuple[TextItem, TextItem] | None:
+    """A y-axis number read as one piece with the text beside it, cut at the axis' edge into (number, rest);
+    None when `item` is no such piece. The cut is the last one within TICK_ALIGN frames of the edge that leaves
+    a number on its left."""
+    for cut in range(sum(f <= edge + TICK_ALIGN for f in item.frames), 0, -1):
+        if item.frames[cut - 1] < edge - TICK_ALIGN or cut == len(item.ids):
+            break
+        left, right = decode(item.ids[:cut]).strip(), decode(item.ids[cut:]).strip()
+        if NUMBER.fullmatch(left) and right:
+            return (TextItem(item.rows, item.frames[:cut], item.ids[:cut], item.conf, left),
+                    TextItem(item.rows, item.frames[cut:], item.ids[cut:], item.conf, right))  # fmt: skip
+    return None
+
+
+def assign_labels(chars: list[tuple[int, int, bool]], centres: list[float]) -> list[list[int]]:
+    """Cut the labels' line, characters (frame, id, a gap follows) left to right, into one run per bar: each
+    label is centred under its bar, so the cuts minimise the distance of every run's middle to its bar's centre
+    (dynamic programming over the cut points). A cut where the reading had no gap costs CUT_COST frames, a bar
+    left without a label half the bars' spacing. Labels wider than their bar touch their neighbours, so the
+    gaps alone do not say where one ends."""
+    n, k = len(chars), len(centres)
+    spacing = (centres[-1] - centres[0]) / (k - 1) if k > 1 else 8.0
+    empty = spacing / 2
+    inf = float("inf")
+    cost = [[inf] * (n + 1) for _ in range(k + 1)]  # cost[b][j]: bars < b hold characters < j
+    back = [[0] * (n + 1) for _ in range(k + 1)]
+    cost[0][0] = 0.0
+    for b in range(k):
+        for j in range(n + 1):
+            # a wider space between two characters is likelier the space between two labels
+            cut = 0.0 if j in (0, n) or chars[j - 1][2] else max(0.0, CUT_COST + 1 - (chars[j][0] - chars[j - 1][0]))
+            for i in range(j + 1):
+                if cost[b][i] == inf:
+                    continue
+                step = empty if i == j else abs((chars[i][0] + chars[j - 1][0]) / 2 - centres[b]) + cut
+                if cost[b][i] + step < cost[b + 1][j]:
+                    cost[b + 1][j], back[b + 1][j] = cost[b][i] + step, i
+    runs, j = [], n
+    for b in range(k, 0, -1):
+        i = back[b][j]
+        runs.append([token for _, token, _ in chars[i:j]])
+        j = i
+    return runs[::-1]
+
+
+def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], joiner: str = " ",
+                     row_gap: int = 1) -> dict:  # fmt: skip
+    """{'title': ..., 'data': {label: value}} of a vertical bar chart from the pieces of text read on it.
+
+    The lowest line of text (without the y axis' numbers) holds the bars' labels; every other number is a bar's
+    value, centred over its bar; the labels' line is cut into one label per bar (assign_labels). The title is
+    the text above every value (pieces of one row joined with `joiner`). `row_gap`: grid rows per 16 px of the
+    trained scale (2 for an image read at twice the size)."""
+    ticks, edge = y_axis_labels(items)
+    rest = []
+    for item in items:
+        if any(item is tick for tick in ticks):
+            continue
+        pieces = split_tick(item, edge, decode) if edge is not None and item.left <= edge + TICK_ALIGN else None
+        if pieces:
+            ticks.append(pieces[0])
+            rest.append(pieces[1])
+        else:
+            rest.append(item)
+    if not rest:
+        return {"title": "", "data": {}}
+    lowest = max(rest, key=lambda item: item.rows[1])
+    # the labels' line: what overlaps the lowest piece's rows, and text (not a bar's value) a row above them
+    # (labels with and without descenders can fall on neighbouring rows)
+    in_label_row = [
+        item
+        for item in rest
+        if item.rows[0] <= lowest.rows[1] and lowest.rows[0] - (0 if item.numeric else row_gap) <= item.rows[1]
+    ]
+    values = sorted(
+        (item for item in rest if item.numeric and not any(item is x for x in in_label_row)),
+        key=lambda item: item.centre,
+    )
+    top = min((item.rows[0] for item in values), default=lowest.rows[0])
+    title_items = sorted((item for item in rest if item.rows[1] < top and not item.numeric), key=lambda i: i.rows)
+    title = ""
+    if title_items:
+        first = title_items[0].rows
+        title = joiner.join(item.text for item in sorted(title_items, key=lambda i: i.left) if item.rows == first)
+    if not values:
+        return {"title": title, "data": {}}
+    chars = []
+    for item in sorted(in_label_row, key=lambda i: i.left):
+        chars += [(frame, token, False) for frame, token in zip(item.frames, item.ids, strict=True)]
+        chars[-1] = (*chars[-1][:2], True)
+    labels = assign_labels(chars, [value.centre for value in values])
+    data: dict[str, int | float] = {}
+    for value, ids in zip(values, labels, strict=True):
+        number = float(value.text)
+        data[decode(ids).strip()] = int(number) if "." not in value.text else number
+    return {"title": title, "data": data}
+
+
+def chart_answer(chart: dict) -> str:
+    """CHART_ANSWER_PREFIX + the dict literal, as the charts data source writes answers (vary.chart_answer)."""
+    return CHART_ANSWER_PREFIX + repr(chart)
+
+
+def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: str = " ", scale: float = 1) -> str:
+    """One image's greedy_rows reading -> its chart answer (CHART_ANSWER_PREFIX + a python-dict literal).
+    `scale`: how many times the trained input size the image was read at (frames and rows are `scale` times
+    as many per character; the rules' constants are for scale 1)."""
+    if scale != 1:
+        rows = [(r, ids, conf, [f / scale for f in frames]) for r, ids, conf, frames in rows]
+    row_gap = math.ceil(scale)
+    return chart_answer(chart_from_items(row_items(rows, decode, row_gap), decode, joiner, row_gap))
