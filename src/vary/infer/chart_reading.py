@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vary.modeling.conv_vocab import same_line
 from vary.prompts import CHART_ANSWER_PREFIX
@@ -32,22 +32,22 @@ class TextItem:
     """A piece of text the head read: its grid rows, the frames its characters start at, ids and text."""
 
     rows: tuple[int, int]
-    frames: list[int]
+    frames: list[float]
     ids: list[int]
     conf: float
     text: str = ""
-    # the reading as conv_vocab.same_line compares it: (row, ids, confidence)
-    reading: tuple = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.reading = (self.rows[0], self.ids, self.conf)
 
     @property
-    def left(self) -> int:
+    def reading(self) -> tuple:
+        """As conv_vocab.same_line compares readings: (row, ids, confidence)."""
+        return (self.rows[0], self.ids, self.conf)
+
+    @property
+    def left(self) -> float:
         return self.frames[0]
 
     @property
-    def right(self) -> int:
+    def right(self) -> float:
         return self.frames[-1]
 
     @property
@@ -62,10 +62,10 @@ class TextItem:
 def row_items(rows: list[tuple], decode: Callable[[list[int]], str], row_gap: int = 1) -> list[TextItem]:
     """Cut every row that conv_vocab.greedy_rows read, (row, ids, confidence, start frames), into pieces of text
     at gaps of more than ITEM_GAP frames, and merge a piece with the one a row up to `row_gap` rows above read
-    at the same place
-    (the more confident reading stays): a line is read by each of the one to three rows its glyphs cover, and a
-    row that sees only the top or bottom of the glyphs reads other letters. Two pieces at the same place are
-    kept apart only when one is a number and the other not (a short bar's value over its label)."""
+    at the same place (the more confident reading stays): a line is read by each of the one to three rows its
+    glyphs cover, and a row that sees only the top or bottom of the glyphs reads other letters. Two pieces at the
+    same place are kept apart only when one is a number and the other not (a short bar's value over its label)
+    and they read different text (conv_vocab.same_line)."""
     items: list[TextItem] = []
     for row, ids, conf, frames in rows:
         start = 0
@@ -79,16 +79,15 @@ def row_items(rows: list[tuple], decode: Callable[[list[int]], str], row_gap: in
     merged: list[TextItem] = []
     for item in items:  # rows in order, so a line's earlier readings are already in `merged`
         for other in merged:
-            shared = min(other.right, item.right) - max(other.left, item.left)
-            same_place = shared >= min(other.right - other.left, item.right - item.left) / 2 >= 0 and (
-                other.numeric == item.numeric
-            )
-            overlap = other.left <= item.right and item.left <= other.right
             above = 0 < item.rows[0] - other.rows[1] <= row_gap
+            overlap = other.left <= item.right and item.left <= other.right
+            shared = min(other.right, item.right) - max(other.left, item.left)  # frames both span
+            half = min(other.right - other.left, item.right - item.left) / 2
+            same_place = shared >= half and other.numeric == item.numeric
             if above and overlap and (same_place or same_line(item.reading, other.reading)):
                 best = item if item.conf > other.conf else other
                 other.frames, other.ids, other.conf, other.text = best.frames, best.ids, best.conf, best.text
-                other.rows, other.reading = (other.rows[0], item.rows[1]), (other.rows[0], best.ids, best.conf)
+                other.rows = (other.rows[0], item.rows[1])
                 break
         else:
             merged.append(item)
@@ -125,7 +124,7 @@ def split_tick(item: TextItem, edge: float, decode: Callable[[list[int]], str]) 
     return None
 
 
-def assign_labels(chars: list[tuple[int, int, bool]], centres: list[float]) -> list[list[int]]:
+def assign_labels(chars: list[tuple[float, int, bool]], centres: list[float]) -> list[list[int]]:
     """Cut the labels' line, characters (frame, id, a gap follows) left to right, into one run per bar: each
     label is centred under its bar, so the cuts minimise the distance of every run's middle to its bar's centre
     (dynamic programming over the cut points). A cut where the reading had no gap costs CUT_COST frames, a bar
@@ -170,11 +169,7 @@ def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], 
         if any(item is tick for tick in ticks):
             continue
         pieces = split_tick(item, edge, decode) if edge is not None and item.left <= edge + TICK_ALIGN else None
-        if pieces:
-            ticks.append(pieces[0])
-            rest.append(pieces[1])
-        else:
-            rest.append(item)
+        rest.append(pieces[1] if pieces else item)
     if not rest:
         return {"title": "", "data": {}}
     lowest = max(rest, key=lambda item: item.rows[1])
