@@ -11,6 +11,7 @@ import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from vary.chart_answer import parse_chart_answer
 from vary.data.dataset import Conversation, line_labels_for
@@ -101,7 +102,9 @@ def test_two_small_cjk_glyphs_side_by_side_keep_a_blank_frame_apart():
     tok = train_char_tokenizer(["月光明"] * 3, vocab_size=64)
     # glyphs 10 px wide at 4 px frames: their middle halves would touch; a blank frame is kept between them
     boxes = [[40.0, 10.0, 50.0, 22.0], [50.0, 10.0, 60.0, 22.0], [60.0, 10.0, 70.0, 22.0]]
-    conv = Conversation("k", _white(), [("", "x")], "charts", {"text_lines": [["月光明", boxes]]})
+    conv = Conversation(
+        "k", Image.new("RGB", (128, 64), "white"), [("", "x")], "charts", {"text_lines": [["月光明", boxes]]}
+    )
     labels = line_labels_for(conv, tok, 4, 32)
     row = labels[0].tolist()
     frames = [i for i, t in enumerate(row) if t != tok.pad_token_id]
@@ -109,12 +112,6 @@ def test_two_small_cjk_glyphs_side_by_side_keep_a_blank_frame_apart():
     rows = greedy_rows(torch.nn.functional.one_hot(labels, len(tok)).float()[None], tok.pad_token_id,
                        wide_tokens(tok, len(tok)))[0]  # fmt: skip
     assert tok.decode(rows[0][1]).replace(" ", "") == "月光明"
-
-
-def _white():
-    from PIL import Image
-
-    return Image.new("RGB", (128, 64), "white")
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])

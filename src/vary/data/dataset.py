@@ -457,15 +457,16 @@ def line_labels_for(conv: Conversation, tokenizer, rows: int, frames: int) -> to
     """(rows, frames) labels for a reading head: the token id of the character each frame shows, else the blank
     (the tokenizer's pad id), for an image cut into `rows` bands of `frames` columns.
 
-    Each band reads the lines whose glyph boxes (`drawn_lines`) span the band's centre, nearest line centre first;
-    a line whose frames overlap a nearer one's is left out of that band (two lines of a block), one beside it
-    is read too (a chart's labels side by side). A line too short to span a band centre takes the band of its
-    own centre where its frames are free, else of the nearer neighbour. So a line of type taller than a band is read by each band it covers
-    (inference merges such repeats): with one band per line the head sat at all-blank output for hundreds of
-    steps. Within a band, a character labels the frames under the middle half of its box (at least one frame;
-    frames taken by its left neighbour are skipped), and two equal letters or two wide (CJK) glyphs side by side
-    stay apart by a blank frame, so decoding (conv_vocab.greedy_rows) does not merge them. Samples without boxes (pages, charts drawn without them)
-    are all -100 and train only the decoder; photographs are all blank (no text).
+    Each band reads the lines whose glyph boxes (`drawn_lines`) span the band's centre, nearest line centre
+    first; a line whose frames overlap a nearer one's is left out of that band (two lines of a block), one beside
+    it is read too (a chart's labels side by side). A line too short to span a band centre takes the band of its
+    own centre where its frames are free, else of the nearer neighbour. So a line of type taller than a band is
+    read by each band it covers (inference merges such repeats): with one band per line the head sat at all-blank
+    output for hundreds of steps. Within a band, a character labels the frames under the middle half of its box
+    (at least one frame; frames taken by its left neighbour are skipped), and two equal letters or two wide (CJK)
+    glyphs side by side stay apart by a blank frame, so decoding (conv_vocab.greedy_rows) does not merge them.
+    Samples without boxes (pages, charts drawn without them) are all -100 and train only the decoder;
+    photographs are all blank (no text).
     """
     blank = tokenizer.pad_token_id or 0
     if conv.kind == "natural":

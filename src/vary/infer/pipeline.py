@@ -336,9 +336,10 @@ class Pipeline:
         own answer; `overrides` (GenerationSettings) apply to that generation."""
         crop = self.crop if crop is None else crop
         tok = self.processor.tokenizer
+        decode = functools.partial(tok.decode, skip_special_tokens=True)
+        scale = getattr(self.model.config, "chart_read_scale", 1.0) if task == "chart" else 1.0
         results = []
         for image in images:  # pages differ in size under crop: one at a time (a forward pass, no decoding loop)
-            scale = getattr(self.model.config, "chart_read_scale", 1.0) if task == "chart" else 1.0
             if crop and task != "chart":
                 pixels = self.processor.canvas_tensor(image, max_tiles or self.max_tiles)[0][None]
             else:
@@ -346,12 +347,11 @@ class Pipeline:
             with self._lock, torch.inference_mode():
                 rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
             if task == "chart":
-                decode = functools.partial(tok.decode, skip_special_tokens=True)
                 answer = read_chart(rows, decode, scale=pixels.shape[-1] / self.processor.config.image_size)
                 results.append(Result(answer, "chart", False, len(tok.encode(answer, add_special_tokens=False))))
                 continue
             lines = merge_rows(rows)
-            text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
+            text = "\n".join(decode(ids).strip() for ids in lines)
             results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
         if task == "chart":
             return results

@@ -162,7 +162,9 @@ class VaryProcessor:
     def image_tensor(self, image: ImageInput, scale: float = 1) -> torch.Tensor:
         """High-resolution branch input: (3, S, S); (3, scale * S, scale * S) for a conv vocabulary's reading
         head, which reads any size."""
-        size = round(self.config.image_size * scale / 32) * 32  # whole grid cells and tokens
+        size = self.config.image_size
+        if scale != 1:  # whole grid cells and tokens at the new size
+            size = round(size * scale / 32) * 32
         image = load_image(image, self.max_pixels)
         if image.size != (size, size):
             image = image.resize((size, size), _RESAMPLE[self.config.image_resample])
