@@ -5,6 +5,7 @@ the head from them, and the layout rules that turn what the head read where into
 from __future__ import annotations
 
 import functools
+import math
 import random
 
 import pytest
@@ -20,7 +21,7 @@ from vary.data.generators.charts import ChartGenerator, glyph_lines
 from vary.data.prose import load_passages
 from vary.data.sample import SkipSample
 from vary.eval.metrics import chart_scores
-from vary.infer.chart_reading import chart_from_items, read_chart, row_items
+from vary.infer.chart_reading import chart_from_items, line_items, read_chart, row_items
 from vary.modeling.conv_vocab import greedy_rows, wide_tokens
 from vary.modeling.tokenizer import train_char_tokenizer
 from vary.prompts import CHART_ANSWER_PREFIX
@@ -157,3 +158,71 @@ def test_layout_rules_on_a_hand_made_reading():
     assert chart_from_items(row_items(apart, decode), decode)["data"] == {"Green tea": 42, "Coffee": 97}
     assert chart_from_items([], decode) == {"title": "", "data": {}}
     assert chart_from_items(row_items([row(1, "Sales", spaced(30, 5))], decode), decode) == {"title": "", "data": {}}
+
+
+def test_labels_and_values_read_again_replace_the_whole_readings():
+    tok = train_char_tokenizer(["Sales 0123456789 Green tea Coffee lix"] * 3, vocab_size=64)
+    decode = functools.partial(tok.decode, skip_special_tokens=True)
+
+    def row(r, text, frames, conf=0.9):
+        return (r, tok.encode(text, add_special_tokens=False), conf, frames)
+
+    def spaced(first, n, step=3):
+        return [first + step * i for i in range(n)]
+
+    # read at twice the trained size: frames and rows doubled; the labels and a value misread by the whole reading
+    rows = [
+        row(2, "Sa1es", spaced(60, 5, 6)),
+        row(8, "100", [8, 12, 16]), row(8, "97", [94, 98]),
+        row(22, "50", [12, 16]), row(22, "427", [40, 44, 48]),
+        row(38, "0", [16]),
+        row(42, "Grxn tcaCoffoe", spaced(20, 8, 6) + spaced(80, 6, 6)),
+    ]  # fmt: skip
+    assert parse_chart_answer(read_chart(rows, decode, scale=2))["data"] == {"Grxn ta": 427, "Coffoe": 97}
+    calls = []
+
+    def read_region(left, right, top, bottom, scale):
+        calls.append((left, right, top, bottom, scale))
+        if top < 5:  # the title, read at 0.625 x 3
+            return [row(0, "Sales", [12, 15, 18, 21, 24])], 1.875, 20
+        if right == math.inf:  # the labels' line at 3x, frame 0 at frame -2: slivers of the lines above and
+            # below read as stray letters; the axis' 0 is not a label
+            return [row(0, "li", [60, 63], 0.4), row(1, "0", [30]), row(1, "Green tea", spaced(42, 9, 4.5)),
+                    row(2, "Coffee", spaced(132, 6, 4.5)), row(5, "lix", [186, 189, 192], 0.3)], 3.0, -2.0  # fmt: skip
+        if left < 30:  # the first value: one number
+            return [row(1, "42", [9, 13])], 3.0, left - 1
+        return [row(1, "9", [6]), row(1, "7", [40])], 3.0, left - 1  # two numbers: the whole reading's stays
+
+    assert parse_chart_answer(read_chart(rows, decode, scale=2))["title"] == "Sa1es"
+    answer = read_chart(rows, decode, scale=2, read_region=read_region, reread_scale=3.0)
+    assert parse_chart_answer(answer) == {"title": "Sales", "data": {"Green tea": 42, "Coffee": 97}}
+    # the title's and the labels' rows across the width, each value's frames, half a row of the reading either
+    # side; the title at TITLE_ZOOM times the labels' scale
+    assert calls == [
+        (0, math.inf, (2 - 0.5) / 2, (2 + 1.5) / 2, 1.875),
+        (0, math.inf, (42 - 0.5) / 2, (42 + 1.5) / 2, 3.0),
+        (20 - 3, 24 + 5, (22 - 0.5) / 2, (22 + 1.5) / 2, 3.0),
+        (47 - 3, 49 + 5, (8 - 0.5) / 2, (8 + 1.5) / 2, 3.0),
+    ]
+    band, band_scale, start = read_region(0, math.inf, 10, 11, 3.0)
+    labels = line_items(band, decode, band_scale, start)
+    assert sorted(i.text for i in labels) == ["0", "Coffee", "Green tea"] and labels[0].left == -2 + 42 / 3
+    # a second reading that finds nothing keeps the whole reading's
+    nothing = read_chart(rows, decode, scale=2, read_region=lambda *box: ([], 3.0, 0.0))
+    assert parse_chart_answer(nothing) == {"title": "Sa1es", "data": {"Grxn ta": 427, "Coffoe": 97}}
+
+
+def test_cjk_labels_are_not_read_again():
+    # a CJK glyph is about twice a Latin letter's x-height: the whole reading's type size reads it well
+    tok = train_char_tokenizer(["销量 0123456789 绿茶 咖啡"] * 3, vocab_size=64)
+    decode = functools.partial(tok.decode, skip_special_tokens=True)
+
+    def row(r, text, frames):
+        return (r, tok.encode(text, add_special_tokens=False), 0.9, frames)
+
+    rows = [row(1, "销量", [30, 36]), row(4, "100", [4, 6, 8]), row(4, "97", [47, 49]), row(11, "50", [6, 8]),
+            row(11, "42", [21, 23]), row(19, "0", [8]), row(21, "绿茶", [18, 24]), row(21, "咖啡", [44, 50])]  # fmt: skip
+    calls = []
+    answer = read_chart(rows, decode, read_region=lambda *box: calls.append(box) or ([], 2.0, 0.0))
+    assert parse_chart_answer(answer)["data"] == {"绿茶": 42, "咖啡": 97}
+    assert len(calls) == 3 and [box[1] for box in calls].count(math.inf) == 1  # the title and the two values

@@ -288,8 +288,35 @@ def test_pipeline_reads_a_bar_chart_with_the_head(reader_pipeline, monkeypatch):
     monkeypatch.setattr(pipe.model.config, "chart_read_scale", 2.0)
     assert pipe.chart(image) == {"title": "fox", "data": {"ABC": 42, "dog": 7}} and seen[-1][-2:] == (128, 128)
     assert pipe.ocr(image) is not None and seen[-1][-2:] == (64, 64)  # ocr keeps the trained size
+    # title, labels and values read again on their own at chart_reread_scale: the labels' band across the image,
+    # 3 x 64 px wide plus the white margins; a region around each value
+    band = [(1, tok.encode("dog", add_special_tokens=False), 0.9, [57, 63, 69]),
+            (1, tok.encode("fox", add_special_tokens=False), 0.9, [117, 123, 129])]  # fmt: skip
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: seen.append(pixels.shape) or
+                        [band if pixels.shape[-1] == 224 else [] if pixels.shape[-2] != 128 else twice])  # fmt: skip
+    monkeypatch.setattr(pipe.model.config, "chart_reread_scale", 3.0)
+    del seen[:]
+    assert pipe.chart(image) == {"title": "fox", "data": {"dog": 42, "fox": 7}}
+    assert len(seen) == 5 and seen[1][-1] == 160  # chart, title (at 0.625 x 3), labels, two values
     with pytest.raises(ValueError, match="chart_read_scale"):
         tiny_reader(64, chart_read_scale=9)
+    with pytest.raises(ValueError, match="chart_reread_scale"):
+        tiny_reader(64, chart_reread_scale=0.1)
+
+
+def test_region_tensor_is_a_part_of_the_image_on_white_margins(reader_pipeline):
+    processor = reader_pipeline.processor  # image_size 64
+    image = Image.new("RGB", (100, 200), "white")
+    image.paste((0, 0, 0), (0, 100, 100, 110))  # a black stripe at half the height
+    band, scale = processor.region_tensor(image, (0, 0.5, 1, 0.55), scale=2.0)  # 10 px -> 13 px at 128 wide
+    white = band[:, 0, 0].clone()
+    assert band.shape == (3, 48, 160) and scale == 2.0  # + 16 px all round, in whole rows (16) and tokens (32)
+    assert torch.equal(band[:, :16], white[:, None, None].expand(3, 16, 160))
+    assert (band[:, 16:29, 16:144] != white[:, None, None]).all()  # the stripe, resized
+    assert torch.equal(band[:, 29:], white[:, None, None].expand(3, 19, 160))
+    assert torch.equal(band[:, :, :16], white[:, None, None].expand(3, 48, 16))
+    part, _ = processor.region_tensor(image, (0.25, 0.5, 0.5, 0.55), scale=2.0)  # a quarter of the width: 32 px
+    assert part.shape == (3, 48, 64) and (part[:, 16:29, 16:48] != white[:, None, None]).all()
 
 
 # --- training with both losses -------------------------------------------------------------------------------

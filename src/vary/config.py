@@ -86,6 +86,9 @@ class VaryConfig(PreTrainedConfig):
     # reads any size), so that a chart's small type (tick labels, values) comes out at the type size the head
     # reads best (vary.infer.chart_reading).
     chart_read_scale: float = 1.0
+    # With ocr_reader "reading_head": task "chart" reads the bars' labels and values (the chart's smallest type)
+    # again, each line or number on its own, at this many times image_size wide. None: no second reading.
+    chart_reread_scale: float | None = None
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None and "clip_config" not in kwargs:
@@ -136,6 +139,9 @@ class VaryConfig(PreTrainedConfig):
             raise ValueError("photo_nll_threshold is for ocr_reader='reading_head' (a decoder answers photos itself)")
         if not 0.5 <= self.chart_read_scale <= 4:
             raise ValueError(f"chart_read_scale must be in [0.5, 4] (times image_size), got {self.chart_read_scale}")
+        if self.chart_reread_scale is not None and not 0.5 <= self.chart_reread_scale <= 4:
+            raise ValueError(f"chart_reread_scale must be in [0.5, 4] (times image_size) or null, got "
+                             f"{self.chart_reread_scale}")  # fmt: skip
         if self.vision_encoder == "conv":
             self._validate_conv_shapes()
         else:

@@ -44,7 +44,7 @@ from vary.infer.generation import (
     generated_ids,
 )
 from vary.infer.tasks import Task
-from vary.modeling.conv_vocab import merge_rows, wide_tokens
+from vary.modeling.conv_vocab import COLUMN_STRIDE, ROW_STRIDE, merge_rows, wide_tokens
 from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
@@ -322,6 +322,22 @@ class Pipeline:
         OCR, and charts (their dict from where the head read each piece of text, vary.infer.chart_reading)."""
         return task in ("ocr", "chart") and getattr(self.model.config, "ocr_reader", "decoder") == "reading_head"
 
+    def read_region(self, image: ImageInput, left: float, right: float, top: float, bottom: float,
+                    scale: float) -> tuple[list[tuple], float, float]:  # fmt: skip
+        """The reading head's rows of a part of `image` alone: `left`, `right` in frames and `top`, `bottom` in
+        grid rows of the trained size (`right` may be inf: to the edge), read at `scale` times image_size wide.
+        Returns the rows, the scale they were read at and the frame of the trained size where their frame 0 lies
+        (the part's left edge less its white margin). chart_reading.read_chart reads a chart's labels and values
+        again so (config.chart_reread_scale)."""
+        size = self.processor.config.image_size
+        frame = COLUMN_STRIDE / self.model.config.reading_frames  # px of the trained size
+        left, right = max(0.0, left), min(right, size / frame)
+        box = (left * frame / size, top * ROW_STRIDE / size, right * frame / size, bottom * ROW_STRIDE / size)
+        pixels, scale = self.processor.region_tensor(image, box, scale)
+        with self._lock, torch.inference_mode():
+            rows = self.model.read_rows(pixels[None].to(self.device), self.wide_tokens)[0]
+        return rows, scale, left - ROW_STRIDE / scale / frame  # the margin: ROW_STRIDE px at `scale`
+
     def read(self, images: list[ImageInput], crop: bool | None = None, max_tiles: int | None = None,
              task: str = "ocr", **overrides) -> list[Result]:  # fmt: skip
         """Plain-text OCR (or, with task "chart", a bar chart's dict: vary.infer.chart_reading) with the
@@ -338,6 +354,8 @@ class Pipeline:
         tok = self.processor.tokenizer
         decode = functools.partial(tok.decode, skip_special_tokens=True)
         scale = getattr(self.model.config, "chart_read_scale", 1.0) if task == "chart" else 1.0
+        reread_scale = getattr(self.model.config, "chart_reread_scale", None)
+        size = self.processor.config.image_size
         results = []
         for image in images:  # pages differ in size under crop: one at a time (a forward pass, no decoding loop)
             if crop and task != "chart":
@@ -347,7 +365,8 @@ class Pipeline:
             with self._lock, torch.inference_mode():
                 rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
             if task == "chart":
-                answer = read_chart(rows, decode, scale=pixels.shape[-1] / self.processor.config.image_size)
+                reread = {"read_region": functools.partial(self.read_region, image), "reread_scale": reread_scale}
+                answer = read_chart(rows, decode, scale=pixels.shape[-1] / size, **(reread if reread_scale else {}))
                 results.append(Result(answer, "chart", False, len(tok.encode(answer, add_special_tokens=False))))
                 continue
             lines = merge_rows(rows)

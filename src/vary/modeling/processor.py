@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import threading
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vary.config import VaryConfig
+from vary.modeling.conv_vocab import ROW_STRIDE
 from vary.prompts import get_prompt_style
 from vary.templates import get_template
 
@@ -169,6 +171,27 @@ class VaryProcessor:
         if image.size != (size, size):
             image = image.resize((size, size), _RESAMPLE[self.config.image_resample])
         return normalize(image, self.config.image_mean, self.config.image_std)
+
+    def region_tensor(self, image: ImageInput, box: tuple[float, float, float, float],
+                      scale: float) -> tuple[torch.Tensor, float]:  # fmt: skip
+        """A region of the image, `box` = (left, top, right, bottom) as fractions of its width and height, resized
+        as the whole image would be at `scale` times image_size wide (the height in proportion), on a white margin
+        of ROW_STRIDE px all round: ((3, H, W), H a whole number of grid rows and W of tokens; the scale it was
+        resized to). For a reading head to read a piece of a chart again, larger (vary.infer.chart_reading); the
+        conv net reads any size."""
+        image = load_image(image, self.max_pixels)
+        k = round(self.config.image_size * scale / 32) * 32 / image.width  # output px per image px
+        (w, h), (left, top, right, bottom) = image.size, box
+        x0, y0 = min(max(0, int(left * w)), w - 1), min(max(0, int(top * h)), h - 1)
+        x1, y1 = min(w, max(x0 + 1, math.ceil(right * w))), min(h, max(y0 + 1, math.ceil(bottom * h)))
+        region = image.crop((x0, y0, x1, y1))
+        width, height = max(1, round(region.width * k)), max(1, round(region.height * k))
+        region = region.resize((width, height), _RESAMPLE[self.config.image_resample])
+        canvas = Image.new("RGB", (math.ceil(width / 32 + 1) * 32, math.ceil(height / ROW_STRIDE + 2) * ROW_STRIDE),
+                           "white")  # fmt: skip
+        canvas.paste(region, (ROW_STRIDE, ROW_STRIDE))
+        pixels = normalize(canvas, self.config.image_mean, self.config.image_std)
+        return pixels, k * image.width / self.config.image_size
 
     def canvas_tensor(self, image: ImageInput, max_tiles: int = DEFAULT_MAX_TILES) -> tuple[torch.Tensor, int, int]:
         """The image resized to the multi-crop tile grid as one tensor: ((3, rows*S, columns*S), columns, rows).
