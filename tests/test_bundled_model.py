@@ -39,7 +39,7 @@ def test_the_package_ships_a_small_float16_model_with_its_card():
         assert section in card
 
 
-@pytest.mark.parametrize("name, ceiling", [("sample_page", 0.05), ("sample_page_zh", 0.32)])  # measured 0.012, 0.273
+@pytest.mark.parametrize("name, ceiling", [("sample_page", 0.05), ("sample_page_zh", 0.25)])  # measured 0.006, 0.195
 def test_the_bundled_model_reads_the_example_pages(name, ceiling):
     pipe = Pipeline.from_pretrained()
     text = pipe.ocr(EXAMPLES / f"{name}.png").text
@@ -49,7 +49,7 @@ def test_the_bundled_model_reads_the_example_pages(name, ceiling):
 def test_the_bundled_model_reads_the_example_bar_chart_into_a_dict():
     answer = Pipeline.from_pretrained().run(EXAMPLES / "sample_chart.png", "chart")
     scores = chart_scores(answer, (EXAMPLES / "sample_chart.txt").read_text())
-    assert scores["chart_parses"] == 1.0 and scores["chart_value_accuracy"] >= 0.25, answer  # measured 0.5
+    assert scores["chart_parses"] == 1.0 and scores["chart_value_accuracy"] >= 0.5, answer  # measured 0.75
 
 
 def test_the_main_job_names_the_bundled_model():
