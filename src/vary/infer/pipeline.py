@@ -344,7 +344,8 @@ class Pipeline:
         reading head: one forward pass of the conv vocabulary per image, each grid row read on its best path
         (VaryForCausalLM.read_rows). With `crop`, the page is resized to the multi-crop grid and read whole, so a
         line runs across its tiles; without it, the image is squashed to one tile. A chart is read at
-        config.chart_read_scale times the tile's size (crop or not).
+        config.chart_read_scale times the tile's size (crop or not), then its labels, values and title each
+        again on their own at config.chart_reread_scale (read_region), when that is set.
 
         A photograph is answered as Vary-tiny does, with a nature sentence. The head reads a few stray letters in
         some photographs' texture, so an image where it reads less than PHOTO_MAX_CHARS characters is asked of the
