@@ -362,6 +362,8 @@ class Pipeline:
             if crop and task != "chart":
                 pixels = self.processor.canvas_tensor(image, max_tiles or self.max_tiles)[0][None]
             else:
+                if task == "chart" and reread_scale:  # decoded once for the whole reading and each second one
+                    image = load_image(image, self.processor.max_pixels)
                 pixels = self.processor.image_tensor(image, scale)[None]
             with self._lock, torch.inference_mode():
                 rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
