@@ -21,6 +21,7 @@ from vary.data.generators.charts import ChartGenerator, glyph_lines
 from vary.data.prose import load_passages
 from vary.data.sample import SkipSample
 from vary.eval.metrics import chart_scores
+from vary.infer.chart_bars import Bar
 from vary.infer.chart_reading import chart_from_items, line_items, read_chart, row_items
 from vary.modeling.conv_vocab import greedy_rows, wide_tokens
 from vary.modeling.tokenizer import train_char_tokenizer
@@ -210,6 +211,51 @@ def test_labels_and_values_read_again_replace_the_whole_readings():
     # a second reading that finds nothing keeps the whole reading's
     nothing = read_chart(rows, decode, scale=2, read_region=lambda *box: ([], 3.0, 0.0))
     assert parse_chart_answer(nothing) == {"title": "Sa1es", "data": {"Grxn ta": 427, "Coffoe": 97}}
+
+
+def test_bars_from_the_pixels_place_values_and_cut_labels():
+    tok = train_char_tokenizer(["Sales 0123456789 Green tea Coffee Milk"] * 3, vocab_size=64)
+    decode = functools.partial(tok.decode, skip_special_tokens=True)
+
+    def row(r, text, frames):
+        return (r, tok.encode(text, add_special_tokens=False), 0.9, frames)
+
+    def spaced(first, n, step=2):
+        return [first + step * i for i in range(n)]
+
+    # three bars centred at frames 20, 40 and 60, standing on row 20; the second's value was not read, the
+    # third's was read with a stray number beside it, and the labels touch
+    rows = [
+        row(1, "Sales", spaced(34, 5)),
+        row(4, "100", [4, 6, 8]), row(4, "97", [59, 61]), row(4, "3", [75]),
+        row(11, "50", [6, 8]), row(10, "42", [19, 21]),
+        row(19, "0", [8]),
+        row(21, "Green teaCoffeeMilk", spaced(12, 9) + spaced(34, 6) + spaced(55, 4)),
+    ]  # fmt: skip
+    bars = [Bar(16, 24, 11, 20), Bar(36, 44, 6, 20), Bar(56, 64, 5, 20)]
+    # without the bars: one bar per value read, the stray 3 among them
+    assert len(parse_chart_answer(read_chart(rows, decode))["data"]) == 3
+    calls = []
+
+    def read_region(left, right, top, bottom, scale):
+        calls.append((left, right, top, bottom))
+        if right == math.inf:
+            return [], scale, 0.0  # the title and labels' line: nothing better
+        if 32 < left < 40:  # the strip over the second bar: its value
+            return [row(1, "68", [12, 16])], 2.0, left - 1
+        return [], 2.0, left - 1
+
+    answer = read_chart(rows, decode, read_region=read_region, reread_scale=2.0, bars=bars)
+    assert parse_chart_answer(answer)["data"] == {"Green tea": 42, "Coffee": 68, "Milk": 97}
+    # the second bar's strip: as wide as VALUE_HALF_WIDTH either side of its centre, two rows over its top
+    assert (40 - 6, 40 + 6, (4 - 0.5), (5 + 1.5)) in calls
+    # a value not found again leaves its bar out (its label stays cut at the bar)
+    nothing = read_chart(rows, decode, read_region=lambda *box: ([], 2.0, 0.0), bars=bars)
+    assert parse_chart_answer(nothing)["data"] == {"Green tea": 42, "Milk": 97}
+    # a bar hanging below the baseline: its value is read under it
+    down = [Bar(16, 24, 11, 20), Bar(36, 44, 20, 26, downward=True), Bar(56, 64, 5, 20)]
+    read_chart(rows, decode, read_region=read_region, reread_scale=2.0, bars=down)
+    assert (40 - 6, 40 + 6, (26 - 0.5), (28 + 1.5)) in calls
 
 
 def test_cjk_labels_are_not_read_again():

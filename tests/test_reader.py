@@ -12,6 +12,7 @@ from PIL import Image
 from vary.config import preset
 from vary.data.dataset import Collator, Conversation, line_labels_for
 from vary.data.generators.blocks import BlocksGenerator
+from vary.infer import pipeline as pipeline_module
 from vary.infer.pipeline import Pipeline
 from vary.modeling.conv_vocab import greedy_rows, merge_rows, reading_loss, wide_tokens
 from vary.modeling.processor import VaryProcessor
@@ -170,10 +171,25 @@ def test_a_run_of_wide_glyph_frames_is_one_character_the_run_likes_best():
     wide[[5, 6]] = True
     rows = greedy_rows(logits, blank=0, wide=wide)[0]
     assert [(r, ids, frames) for r, ids, _, frames in rows] == [(0, [6, 3, 4, 6], [1, 6, 7, 9]), (1, [3, 4], [1, 4])]
-    assert [(r, ids) for r, ids, *_ in greedy_rows(logits, blank=0)[0]][0] == (0, [5, 6, 5, 3, 4, 6])  # without
+    plain = greedy_rows(logits, blank=0, lookalike_nats=0)[0]
+    assert [(r, ids) for r, ids, *_ in plain][0] == (0, [5, 6, 5, 3, 4, 6])  # without
     tok = train_char_tokenizer(TEXTS, vocab_size=128)
     marked = {t for t, i in tok.get_vocab().items() if wide_tokens(tok, len(tok))[i]}
     assert {"中", "，", "。"} <= marked and not marked & set("The quick 0123456789")
+
+
+def test_touching_lookalikes_are_one_glyph_and_sure_neighbours_stay_two():
+    # Row 0: frames 1-3 are one glyph the head split between 5 and 6 (frame 1 likes 6 nearly as much as 5):
+    # one character, 6, the likelier over the three frames. Then 3 and 4 touch, each sure of itself: two glyphs.
+    # Row 1: 7, 8, 7 touching and each frame torn between 7 and 8: one glyph, 7.
+    logits = one_hot_rows([[0, 5, 6, 6, 0, 3, 4, 0, 0], [0, 7, 8, 7, 0, 0, 0, 0, 0]])
+    logits[0, 0, 1, 6] = 9.5
+    logits[0, 1, 1:4, 7] = torch.tensor([10.0, 9.5, 10.0])
+    logits[0, 1, 1:4, 8] = torch.tensor([9.5, 10.0, 9.5])
+    rows = greedy_rows(logits, blank=0)[0]
+    assert [(r, ids, frames) for r, ids, _, frames in rows] == [(0, [6, 3, 4], [1, 5, 6]), (1, [7], [1])]
+    plain = greedy_rows(logits, blank=0, lookalike_nats=0)[0]
+    assert [(r, ids) for r, ids, *_ in plain] == [(0, [5, 6, 3, 4]), (1, [7, 8, 7])]
 
 
 def test_merge_rows_keeps_distinct_neighbours_and_drops_a_duplicate():
@@ -302,6 +318,25 @@ def test_pipeline_reads_a_bar_chart_with_the_head(reader_pipeline, monkeypatch):
         tiny_reader(64, chart_read_scale=9)
     with pytest.raises(ValueError, match="chart_reread_scale"):
         tiny_reader(64, chart_reread_scale=0.1)
+    with pytest.raises(ValueError, match="lookalike_nats"):
+        tiny_reader(64, lookalike_nats=-1)
+
+
+def test_pipeline_gives_the_layout_rules_the_bars_it_sees(reader_pipeline, monkeypatch):
+    pipe = reader_pipeline  # image_size 64: 16 frames and 4 grid rows across
+    given = {}
+    real = pipeline_module.read_chart
+    monkeypatch.setattr(pipeline_module, "read_chart", lambda *args, **kw: given.update(kw) or real(*args, **kw))
+    image = Image.new("RGB", (128, 64), "white")
+    image.paste((31, 119, 180), (16, 20, 32, 56))  # two bars on one baseline, 16 px wide
+    image.paste((31, 119, 180), (80, 32, 96, 56))
+    pipe.chart(image)
+    assert [(bar.left, bar.right, bar.top, bar.bottom) for bar in given["bars"]] == [
+        (2.0, 4.0, 1.25, 3.5),  # x / 128 px x 16 frames, y / 64 px x 4 rows
+        (10.0, 12.0, 2.0, 3.5),
+    ]
+    pipe.chart(Image.new("RGB", (128, 64), "white"))
+    assert given["bars"] == []
 
 
 def test_region_tensor_is_a_part_of_the_image_on_white_margins(reader_pipeline):

@@ -2,22 +2,23 @@
 
 Dev: `vary data generate blocks --count 64 --lang zh --size 512 --seed 2000 --option text=prose
 --option split=heldout --option boxes=true` (and en): held-out faces and passages like the test sets, other
-samples. The head runs once per image; each variant decodes the same frame probabilities:
+samples. The head runs once per image; each variant decodes the same frame probabilities ("library, look-alikes
+N": conv_vocab.greedy_rows as shipped, touching look-alikes merged under N nats, config.lookalike_nats):
 
-    python research/reader/decode_dev.py MODEL data/reader/dev-zh data/reader/dev-en
+    python research/reader/decode_dev.py MODEL data/reader/dev-zh data/reader/dev-en --lookalike-nats 0,1,1.5,2
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
-import sys
 
 import torch
 from rapidfuzz.distance import Levenshtein
 
 from vary.data.shards import iter_shards
 from vary.infer.pipeline import Pipeline
-from vary.modeling.conv_vocab import merge_rows, wide_tokens
+from vary.modeling.conv_vocab import greedy_rows, merge_rows, wide_tokens
 
 
 def rows_of(
@@ -64,7 +65,7 @@ def merge_variant(rows, similar: float = 0.6, contained: float = 0.4, min_row_co
     return merge_rows([row for row in rows if row[2] >= min_row_conf], similar, contained)
 
 
-def main(model: str, folders: list[str], limit: int = 64) -> None:
+def main(model: str, folders: list[str], limit: int = 64, lookalike_nats: tuple[float, ...] = ()) -> None:
     pipe = Pipeline.from_pretrained(model)
     tok = pipe.processor.tokenizer
     blank = tok.pad_token_id
@@ -77,7 +78,7 @@ def main(model: str, folders: list[str], limit: int = 64) -> None:
         "cjk-run, merge similar 0.5": {"cjk_runs": True, "similar": 0.5},
         "cjk-run, rows conf>=0.3": {"cjk_runs": True, "min_row_conf": 0.3},
         "cjk-run, rows conf>=0.4": {"cjk_runs": True, "min_row_conf": 0.4},
-    }
+    } | {f"library, look-alikes {nats}": {"lookalike_nats": nats} for nats in lookalike_nats}
     for folder in folders:
         scores = {name: [] for name in variants}
         for sample in itertools.islice(iter_shards(folder), limit):
@@ -87,7 +88,10 @@ def main(model: str, folders: list[str], limit: int = 64) -> None:
             for name, options in variants.items():
                 options = dict(options)
                 merge = {k: options.pop(k) for k in ("contained", "similar", "min_row_conf") if k in options}
-                lines = merge_variant(rows_of(probs, blank, cjk_ids=cjk_ids, **options), **merge)
+                if "lookalike_nats" in options:
+                    lines = merge_rows(greedy_rows(probs.log()[None], blank, cjk_ids, options["lookalike_nats"])[0])
+                else:
+                    lines = merge_variant(rows_of(probs, blank, cjk_ids=cjk_ids, **options), **merge)
                 text = "\n".join(tok.decode(ids, skip_special_tokens=True).strip() for ids in lines)
                 scores[name].append(Levenshtein.normalized_distance(text, sample.target))
         for name, values in scores.items():
@@ -95,4 +99,11 @@ def main(model: str, folders: list[str], limit: int = 64) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("data", nargs="+")
+    parser.add_argument("--limit", type=int, default=64)
+    parser.add_argument("--lookalike-nats", default="", help="comma-separated: the library's decoding at each")
+    args = parser.parse_args()
+    nats = tuple(float(n) for n in args.lookalike_nats.split(",") if n)
+    main(args.model, args.data, args.limit, nats)

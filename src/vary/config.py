@@ -89,6 +89,9 @@ class VaryConfig(PreTrainedConfig):
     # With ocr_reader "reading_head": task "chart" reads the bars' labels and values (the chart's smallest type)
     # again, each line or number on its own, at this many times image_size wide. None: no second reading.
     chart_reread_scale: float | None = None
+    # With a reading head: two touching frames of different characters are read as one glyph when that costs under
+    # this many nats against reading two (vary.modeling.conv_vocab.LOOKALIKE_NATS, chosen on the dev sets); 0: never.
+    lookalike_nats: float = 1.5
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None and "clip_config" not in kwargs:
@@ -142,6 +145,8 @@ class VaryConfig(PreTrainedConfig):
         if self.chart_reread_scale is not None and not 0.5 <= self.chart_reread_scale <= 4:
             raise ValueError(f"chart_reread_scale must be in [0.5, 4] (times image_size) or null, got "
                              f"{self.chart_reread_scale}")  # fmt: skip
+        if self.lookalike_nats < 0:
+            raise ValueError(f"lookalike_nats must be >= 0 (0: never merge), got {self.lookalike_nats}")
         if self.vision_encoder == "conv":
             self._validate_conv_shapes()
         else:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vary.infer.chart_bars import Bar
 from vary.modeling.conv_vocab import same_line, wide_glyph
 from vary.prompts import CHART_ANSWER_PREFIX
 
@@ -35,6 +36,8 @@ NUMBER = re.compile(r"-?\d+(\.\d+)?")
 ITEM_GAP = 7
 TICK_ALIGN = 2  # frames: the right edges of the y axis' labels agree within this
 CUT_COST = 3.0  # frames: what cutting the labels' line where the reading saw no gap costs (assign_labels)
+VALUE_REACH = 2  # frames: a value read this far past either side of a bar is still that bar's
+VALUE_HALF_WIDTH = 6  # frames: half the width read again for a bar's missing value (wider than most numbers)
 
 
 @dataclass
@@ -166,7 +169,7 @@ def assign_labels(chars: list[tuple[float, int, bool]], centres: list[float]) ->
 
 
 def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], joiner: str = " ",
-                     row_gap: int = 1, reread: Reread | None = None) -> dict:  # fmt: skip
+                     row_gap: int = 1, reread: Reread | None = None, bars: list[Bar] | None = None) -> dict:  # fmt: skip
     """{'title': ..., 'data': {label: value}} of a vertical bar chart from the pieces of text read on it.
 
     The lowest line of text (without the y axis' numbers) holds the bars' labels; every other number is a bar's
@@ -174,7 +177,10 @@ def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], 
     the text above every value (pieces of one row joined with `joiner`). `row_gap`: grid rows per 16 px of the
     trained scale (2 for an image read at twice the size). `reread(left, right, first_row, last_row, zoom)`:
     the pieces of the one line of text in that part of the image, read again on its own (read_chart); the
-    title, the labels' line (unless it is CJK) and each value are taken from it where it finds them."""
+    title, the labels' line (unless it is CJK) and each value are taken from it where it finds them.
+    `bars` (two or more; frames, and grid rows of this reading): the bars where the pixels show them
+    (vary.infer.chart_bars). Then each bar's value is the number read nearest over it (bar_value), read again
+    there when none was, and the labels' line is cut at the bars; without them, one bar per value read."""
     ticks, edge = y_axis_labels(items)
     rest = []
     for item in items:
@@ -205,7 +211,8 @@ def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], 
         if reread is not None:
             line = reread(0, math.inf, first[0], first[1], TITLE_ZOOM) or line
         title = joiner.join(item.text for item in sorted(line, key=lambda i: i.left))
-    if not values:
+    bars = bars if bars and len(bars) >= 2 else None
+    if not values and not bars:
         return {"title": title, "data": {}}
     label_items = in_label_row
     # CJK labels stay as read: a wide glyph is about 1 em wide and tall, twice a Latin letter's x-height, so
@@ -214,23 +221,64 @@ def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], 
     if reread is not None and 2 * sum(map(wide_glyph, label_text)) < len(label_text):
         again = reread(0, math.inf, min(item.rows[0] for item in in_label_row),
                        max(item.rows[1] for item in in_label_row), 1.0)  # fmt: skip
-        again = [item for item in again if edge is None or item.left > edge + TICK_ALIGN]  # not the axis' 0
-        label_items = again or in_label_row
+        labels_again = []
+        for item in again:  # the axis' 0 is on the labels' line: left out, or cut off the label it was read with
+            if edge is None or item.left > edge + TICK_ALIGN:
+                labels_again.append(item)
+            elif pieces := split_tick(item, edge, decode):
+                labels_again.append(pieces[1])
+            elif item.right > edge + 2 * TICK_ALIGN and not item.numeric:  # a label begun under the axis' 0
+                labels_again.append(item)
+        label_items = labels_again or in_label_row
     chars = []
     for item in sorted(label_items, key=lambda i: i.left):
         chars += [(frame, token, False) for frame, token in zip(item.frames, item.ids, strict=True)]
         chars[-1] = (*chars[-1][:2], True)
-    labels = assign_labels(chars, [value.centre for value in values])
+    read_alone: list[TextItem] = []  # values read on their own already (a bar's missing value)
+    if bars:
+        bar_values = [bar_value(bar, values, bars, reread, row_gap, read_alone) for bar in bars]
+        labels = assign_labels(chars, [bar.centre for bar in bars])
+    else:
+        bar_values = list(values)
+        labels = assign_labels(chars, [value.centre for value in values])
     if reread is not None:  # frames from 3 before the value's first character to 5 past its last one's start
-        for i, value in enumerate(values):
+        for i, value in enumerate(bar_values):
+            if value is None or any(value is done for done in read_alone):
+                continue
             numbers = [item for item in reread(value.left - 3, value.right + 5, *value.rows, 1.0) if item.numeric]
             if len(numbers) == 1:
-                values[i] = dataclasses.replace(value, ids=numbers[0].ids, text=numbers[0].text)
+                bar_values[i] = dataclasses.replace(value, ids=numbers[0].ids, text=numbers[0].text)
     data: dict[str, int | float] = {}
-    for value, ids in zip(values, labels, strict=True):
-        number = float(value.text)
-        data[decode(ids).strip()] = int(number) if "." not in value.text else number
+    for value, ids in zip(bar_values, labels, strict=True):
+        if value is not None:
+            number = float(value.text)
+            data[decode(ids).strip()] = int(number) if "." not in value.text else number
     return {"title": title, "data": data}
+
+
+def bar_value(bar: Bar, values: list[TextItem], bars: list[Bar], reread: Reread | None, row_gap: int,
+              read_alone: list[TextItem]) -> TextItem | None:  # fmt: skip
+    """The number printed at the end of `bar` (frames, and grid rows of the reading): of the values read, the
+    one centred nearest the bar's centre within its width and VALUE_REACH frames either side; where none is
+    (a value missed, or merged with its neighbour's into one piece), the strip just past the bar's end (above
+    it, below a downward bar) read again on its own, when it holds exactly one number (added to
+    `read_alone`); else None."""
+    near = [value for value in values if bar.left - VALUE_REACH <= value.centre <= bar.right + VALUE_REACH]
+    if near:
+        return min(near, key=lambda value: abs(value.centre - bar.centre))
+    if reread is None:
+        return None
+    spacing = min(abs(other.centre - bar.centre) for other in bars if other is not bar)
+    half = min(max(VALUE_HALF_WIDTH, (bar.right - bar.left) / 2 + VALUE_REACH), spacing / 2)
+    if bar.downward:
+        first, last = math.floor(bar.bottom), math.floor(bar.bottom + 2 * row_gap)
+    else:
+        first, last = math.floor(bar.top - 2 * row_gap), max(math.floor(bar.top) - 1, math.floor(bar.top - 2 * row_gap))
+    numbers = [item for item in reread(bar.centre - half, bar.centre + half, first, last, 1.0) if item.numeric]
+    if len(numbers) != 1:
+        return None
+    read_alone.append(numbers[0])
+    return numbers[0]
 
 
 def chart_answer(chart: dict) -> str:
@@ -253,7 +301,8 @@ def line_items(rows: list[tuple], decode: Callable[[list[int]], str], scale: flo
 
 
 def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: str = " ", scale: float = 1,
-               read_region: ReadRegion | None = None, reread_scale: float = 2.0) -> str:  # fmt: skip
+               read_region: ReadRegion | None = None, reread_scale: float = 2.0,
+               bars: list[Bar] | None = None) -> str:  # fmt: skip
     """One image's greedy_rows reading -> its chart answer (CHART_ANSWER_PREFIX + a python-dict literal).
     `scale`: how many times the trained input size the image was read at (frames and rows are `scale` times
     as many per character; the rules' constants are for scale 1).
@@ -263,7 +312,10 @@ def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: st
     (greedy_rows' rows, the scale it was read at, the frame of the trained size where its frame 0 lies). The
     bars' labels and values are the chart's smallest type: read alone at `reread_scale`, larger than the whole
     chart can be read, they come out better; so does the title, read alone at TITLE_ZOOM times that. The y
-    axis stays with the whole reading (vary.infer.pipeline passes config.chart_reread_scale)."""
+    axis stays with the whole reading (vary.infer.pipeline passes config.chart_reread_scale).
+
+    `bars`: the bars the pixels show (vary.infer.chart_bars.find_bars), in frames and grid rows of the trained
+    size: chart_from_items then finds a value per bar and cuts the labels at them."""
     reread = None
     if read_region is not None:
 
@@ -276,4 +328,5 @@ def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: st
     if scale != 1:
         rows = [(r, ids, conf, [f / scale for f in frames]) for r, ids, conf, frames in rows]
     row_gap = math.ceil(scale)
-    return chart_answer(chart_from_items(row_items(rows, decode, row_gap), decode, joiner, row_gap, reread))
+    bars = [bar.scaled(1, scale) for bar in bars] if bars else None  # rows of this reading
+    return chart_answer(chart_from_items(row_items(rows, decode, row_gap), decode, joiner, row_gap, reread, bars))

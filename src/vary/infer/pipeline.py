@@ -33,6 +33,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList, TextIterator
 
 from vary.assets import bundled_model_dir
 from vary.chart_answer import parse_chart_answer
+from vary.infer.chart_bars import find_bars
 from vary.infer.chart_reading import read_chart
 from vary.infer.documents import DocumentError, Page
 from vary.infer.generation import (
@@ -362,14 +363,17 @@ class Pipeline:
             if crop and task != "chart":
                 pixels = self.processor.canvas_tensor(image, max_tiles or self.max_tiles)[0][None]
             else:
-                if task == "chart" and reread_scale:  # decoded once for the whole reading and each second one
+                if task == "chart":  # decoded once: for the bars, the whole reading and each second one
                     image = load_image(image, self.processor.max_pixels)
                 pixels = self.processor.image_tensor(image, scale)[None]
             with self._lock, torch.inference_mode():
                 rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
             if task == "chart":
                 reread = {"read_region": functools.partial(self.read_region, image), "reread_scale": reread_scale}
-                answer = read_chart(rows, decode, scale=pixels.shape[-1] / size, **(reread if reread_scale else {}))
+                frames, grid_rows = size * self.model.config.reading_frames / COLUMN_STRIDE, size / ROW_STRIDE
+                bars = [bar.scaled(frames, grid_rows) for bar in find_bars(image)]
+                answer = read_chart(rows, decode, scale=pixels.shape[-1] / size, bars=bars,
+                                    **(reread if reread_scale else {}))  # fmt: skip
                 results.append(Result(answer, "chart", False, len(tok.encode(answer, add_special_tokens=False))))
                 continue
             lines = merge_rows(rows)

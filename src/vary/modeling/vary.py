@@ -14,7 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vary.config import VaryConfig
 from vary.modeling import fast
-from vary.modeling.conv_vocab import ConvVisionVocabulary, greedy_rows, merge_rows, reading_loss
+from vary.modeling.conv_vocab import LOOKALIKE_NATS, ConvVisionVocabulary, greedy_rows, merge_rows, reading_loss
 from vary.modeling.vision_vocab import VisionVocabulary, trainable
 
 
@@ -198,11 +198,13 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def read_rows(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[tuple]]:
         """Read each image with the reading head alone: per image, (row, token ids, confidence, start frames)
-        of every grid row that reads something (conv_vocab.greedy_rows; `wide`: conv_vocab.wide_tokens)."""
+        of every grid row that reads something (conv_vocab.greedy_rows; `wide`: conv_vocab.wide_tokens; touching
+        look-alikes merged at config.lookalike_nats)."""
         if self.reading_head is None:
             raise ValueError("this model has no reading head (config.reading_head): read with generate()")
         grid = self.vision_vocab.grid(pixel_values.to(self.projector_vary.weight.dtype))
-        return greedy_rows(self.reading_logits(grid), self.config.text_config.pad_token_id, wide)
+        nats = getattr(self.config, "lookalike_nats", LOOKALIKE_NATS)
+        return greedy_rows(self.reading_logits(grid), self.config.text_config.pad_token_id, wide, nats)
 
     def read_lines(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[list[int]]]:
         """read_rows, then per image one token-id list per text line, top to bottom (conv_vocab.merge_rows)."""

@@ -1,0 +1,141 @@
+"""Where the bars of a bar chart stand, from its pixels: one series' bars are same-coloured solid rectangles.
+
+The reading head says where each piece of text is; the layout rules (vary.infer.chart_reading) then need the bars:
+how many there are and where, to find each bar's value and cut the labels' line. Without the pixels they take
+one bar per value read, so a value missed, merged with its neighbour or a stray number read costs the whole
+chart. A simple chart's bars are easy to see: rectangles of one flat colour, equally wide, standing on one
+baseline. No maintained library finds a chart's bars (chart parsers are whole models), so it is written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+MAX_SIDE = 512  # px the search runs at: bars are large, and the dataset's charts are 384-512 px
+MIN_SHARE = 0.004  # a candidate colour covers at least this share of the image
+CANDIDATES = 8  # the most frequent colours tried (the background among them: it rarely forms bars)
+MIN_WIDTH = 0.015  # share of the image's width: narrower rectangles are strokes of text
+SOLID = 0.9  # share of a bar's columns its colour must fill on every row of the bar
+WIDTH_SPREAD = 0.2  # bars' widths agree within this share of their median
+EDGE = 4  # px: bars' baselines agree within this (a gridline over the baseline moves ends by its width)
+GRIDLINE = 3  # px: a line this thick drawn across a bar does not cut it
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A bar: left, right, top, bottom as fractions of the image's width and height (find_bars), or in other
+    units after `scaled`; `downward`: it hangs below the baseline (a negative value), its value under it."""
+
+    left: float
+    right: float
+    top: float
+    bottom: float
+    downward: bool = False
+
+    @property
+    def centre(self) -> float:
+        return (self.left + self.right) / 2
+
+    def scaled(self, x: float, y: float) -> Bar:
+        """The bar in units of 1/x of the width and 1/y of the height (frames and grid rows, say)."""
+        return Bar(self.left * x, self.right * x, self.top * y, self.bottom * y, self.downward)
+
+
+def find_bars(image: Image.Image) -> list[Bar]:
+    """The bars of one series, left to right; [] when no colour forms two or more of them.
+
+    Each frequent colour is a candidate: its columns that it fills for at least 3% of the
+    height are cut into runs, and each run's rows that the colour fills (SOLID) make a rectangle. A colour's
+    rectangles are its bars when there are at least two, equally wide (WIDTH_SPREAD), on one baseline (the
+    bottom of upward bars or the top of downward ones, within EDGE px), and not all of one height (the plot's
+    background between gridlines makes rectangles too, but equal ones). The colour whose bars cover the most
+    area wins."""
+    image = image.convert("RGB")
+    if max(image.size) > MAX_SIDE:
+        k = MAX_SIDE / max(image.size)
+        image = image.resize((max(1, round(image.width * k)), max(1, round(image.height * k))), Image.NEAREST)
+    pixels = np.asarray(image, dtype=np.int32) >> 4  # 16 levels a channel: anti-aliased edges fall away
+    codes = (pixels[..., 0] << 8) | (pixels[..., 1] << 4) | pixels[..., 2]
+    h, w = codes.shape
+    counts = np.bincount(codes.ravel(), minlength=4096)
+    order = np.argsort(counts)[::-1]
+    best: list[tuple[int, int, int, int]] = []
+    for colour in order[:CANDIDATES]:
+        if counts[colour] < MIN_SHARE * h * w:
+            break
+        bars = _rectangles(codes == colour)
+        if _area(bars) > _area(best) and _one_series(bars):
+            best = bars
+    if not best:
+        return []
+    base = _baseline(best)
+    return [Bar(x0 / w, x1 / w, y0 / h, y1 / h, downward=y1 - base > EDGE) for x0, x1, y0, y1 in _with_flat_bars(best)]
+
+
+def _rectangles(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(x0, x1, y0, y1), ends exclusive, of the solid upright rectangles in a colour's mask."""
+    h, w = mask.shape
+    tall = mask.sum(0) >= max(3, 0.03 * h)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], tall.astype(np.int8), [0]])))
+    found = []
+    for x0, x1 in zip(edges[::2], edges[1::2], strict=True):
+        if x1 - x0 < max(3, MIN_WIDTH * w) or x1 - x0 > 0.35 * w:
+            continue
+        rows = np.flatnonzero(mask[:, x0:x1].mean(1) >= SOLID)
+        if rows.size == 0:
+            continue
+        # the longest run of rows, over gaps of up to GRIDLINE rows: the bar (some styles draw gridlines over it)
+        cuts = np.flatnonzero(np.diff(rows) > GRIDLINE + 1)
+        starts, ends = np.concatenate([[0], cuts + 1]), np.concatenate([cuts, [rows.size - 1]])
+        i = int(np.argmax(ends - starts))
+        y0, y1 = int(rows[starts[i]]), int(rows[ends[i]]) + 1
+        if y1 - y0 >= 3:
+            found.append((int(x0), int(x1), y0, y1))
+    return found
+
+
+def _area(bars: list[tuple[int, int, int, int]]) -> int:
+    return sum((x1 - x0) * (y1 - y0) for x0, x1, y0, y1 in bars)
+
+
+def _one_series(bars: list[tuple[int, int, int, int]]) -> bool:
+    """Whether rectangles look like one series' bars (see find_bars)."""
+    if len(bars) < 2:
+        return False
+    widths = np.array([x1 - x0 for x0, x1, _, _ in bars])
+    if np.abs(widths - np.median(widths)).max() > max(1.0, WIDTH_SPREAD * np.median(widths)):
+        return False
+    tops, bottoms = np.array([b[2] for b in bars]), np.array([b[3] for b in bars])
+    if np.ptp(tops) <= EDGE and np.ptp(bottoms) <= EDGE:
+        return False  # all of one height: more likely the background between gridlines
+    base = _baseline(bars)
+    return all(abs(y0 - base) <= EDGE or abs(y1 - base) <= EDGE for _, _, y0, y1 in bars)
+
+
+def _baseline(bars: list[tuple[int, int, int, int]]) -> int:
+    """The y most bars' bottom (upward bars) or top (downward ones) lies at."""
+    ends = np.array([y for bar in bars for y in bar[2:]])
+    return int(max(ends, key=lambda y: int((np.abs(ends - y) <= EDGE).sum())))
+
+
+def _with_flat_bars(bars: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Bars of (nearly) zero height have no rectangle: where the gap between two bars' centres is a whole number
+    of times (two or more) the smallest gap, the missing ones are put back, flat on the baseline. The categories
+    of a bar chart are equally spaced; flat bars at either end cannot be told from the margin."""
+    if len(bars) < 2:
+        return bars
+    centres = [(x0 + x1) / 2 for x0, x1, _, _ in bars]
+    step = min(b - a for a, b in zip(centres, centres[1:], strict=False))
+    base, half = _baseline(bars), (bars[0][1] - bars[0][0]) / 2
+    out = [bars[0]]
+    for bar, left, right in zip(bars[1:], centres, centres[1:], strict=False):
+        missing = round((right - left) / step) - 1
+        if missing > 0 and abs((right - left) / step - (missing + 1)) < 0.15:
+            for k in range(1, missing + 1):
+                x = left + k * (right - left) / (missing + 1)
+                out.append((round(x - half), round(x + half), base, base))
+        out.append(bar)
+    return out
