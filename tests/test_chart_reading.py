@@ -195,7 +195,7 @@ def test_labels_and_values_read_again_replace_the_whole_readings():
         return [row(1, "9", [6]), row(1, "7", [40])], 3.0, left - 1  # two numbers: the whole reading's stays
 
     assert parse_chart_answer(read_chart(rows, decode, scale=2))["title"] == "Sa1es"
-    answer = read_chart(rows, decode, scale=2, read_region=read_region, reread_scale=3.0)
+    answer = read_chart(rows, decode, scale=2, read_region=read_region, reread_scale=3.0, reread_zooms=(1.0,))
     assert parse_chart_answer(answer) == {"title": "Sales", "data": {"Green tea": 42, "Coffee": 97}}
     # the title's and the labels' rows across the width, each value's frames, half a row of the reading either
     # side; the title at TITLE_ZOOM times the labels' scale
@@ -245,7 +245,7 @@ def test_bars_from_the_pixels_place_values_and_cut_labels():
             return [row(1, "68", [12, 16])], 2.0, left - 1
         return [], 2.0, left - 1
 
-    answer = read_chart(rows, decode, read_region=read_region, reread_scale=2.0, bars=bars)
+    answer = read_chart(rows, decode, read_region=read_region, reread_scale=2.0, bars=bars, reread_zooms=(1.0,))
     assert parse_chart_answer(answer)["data"] == {"Green tea": 42, "Coffee": 68, "Milk": 97}
     # the second bar's strip: as wide as VALUE_HALF_WIDTH either side of its centre, two rows over its top
     assert (40 - 6, 40 + 6, (4 - 0.5), (5 + 1.5)) in calls
@@ -254,8 +254,35 @@ def test_bars_from_the_pixels_place_values_and_cut_labels():
     assert parse_chart_answer(nothing)["data"] == {"Green tea": 42, "Milk": 97}
     # a bar hanging below the baseline: its value is read under it
     down = [Bar(16, 24, 11, 20), Bar(36, 44, 20, 26, downward=True), Bar(56, 64, 5, 20)]
-    read_chart(rows, decode, read_region=read_region, reread_scale=2.0, bars=down)
+    read_chart(rows, decode, read_region=read_region, reread_scale=2.0, bars=down, reread_zooms=(1.0,))
     assert (40 - 6, 40 + 6, (26 - 0.5), (28 + 1.5)) in calls
+
+
+def test_each_part_read_again_at_several_sizes_keeps_the_surest_reading():
+    tok = train_char_tokenizer(["Sales 0123456789 Green tea Coffee Grxn"] * 3, vocab_size=64)
+    decode = functools.partial(tok.decode, skip_special_tokens=True)
+
+    def row(r, text, frames, conf=0.9):
+        return (r, tok.encode(text, add_special_tokens=False), conf, frames)
+
+    rows = [row(1, "Sales", [30, 33, 36, 39, 42]), row(4, "100", [4, 6, 8]), row(4, "97", [47, 49]),
+            row(11, "50", [6, 8]), row(11, "42", [21, 23]), row(19, "0", [8]),
+            row(21, "Green teaCoffee", [10 + 3 * i for i in range(9)] + [40 + 3 * i for i in range(6)])]  # fmt: skip
+    scales = []
+
+    def read_region(left, right, top, bottom, scale):
+        scales.append(scale)
+        if right != math.inf:
+            return [], scale, 0.0
+        # the labels' line: surest at 2.5 (a misreading there would win only by confidence)
+        first, text, conf = (9, "Green teaCoffee", 0.95) if scale == 2.5 else (8, "Grxn teaCoffee", 0.6)
+        frames = [(10 + 3 * i) * scale for i in range(first)] + [(40 + 3 * i) * scale for i in range(6)]
+        return [row(1, text, frames, conf)], scale, 0.0
+
+    answer = read_chart(rows, decode, read_region=read_region, reread_scale=2.0, reread_zooms=(0.875, 1.0, 1.25))
+    assert scales[:3] == [2.0 * 0.625 * k for k in (0.875, 1.0, 1.25)]  # the title, at each size
+    assert scales[3:6] == [1.75, 2.0, 2.5] and len(scales) == 3 + 3 + 2 * 3  # labels, then each value
+    assert list(parse_chart_answer(answer)["data"]) == ["Green tea", "Coffee"]
 
 
 def test_cjk_labels_are_not_read_again():
@@ -269,6 +296,6 @@ def test_cjk_labels_are_not_read_again():
     rows = [row(1, "销量", [30, 36]), row(4, "100", [4, 6, 8]), row(4, "97", [47, 49]), row(11, "50", [6, 8]),
             row(11, "42", [21, 23]), row(19, "0", [8]), row(21, "绿茶", [18, 24]), row(21, "咖啡", [44, 50])]  # fmt: skip
     calls = []
-    answer = read_chart(rows, decode, read_region=lambda *box: calls.append(box) or ([], 2.0, 0.0))
+    answer = read_chart(rows, decode, read_region=lambda *box: calls.append(box) or ([], 2.0, 0.0), reread_zooms=(1.0,))
     assert parse_chart_answer(answer)["data"] == {"绿茶": 42, "咖啡": 97}
     assert len(calls) == 3 and [box[1] for box in calls].count(math.inf) == 1  # the title and the two values

@@ -30,6 +30,11 @@ Reread = Callable[[float, float, int, int, float], list["TextItem"]]
 # against the ticks' "medium"). Dev set (16 English charts, labels at 2.0): title ED 0.43 in the whole reading,
 # read alone at 1.25 0.17, at 1.5 0.25, at 2.0 0.65.
 TITLE_ZOOM = 0.625
+# Each part is read again at these times its size, and the reading the head is surest of (mean_confidence) is
+# kept: which size a label reads best at depends on its face and letters. Dev set (C7, 52 English / 64 Chinese
+# charts, labels at 2.0): one size 0.542 / 0.198; 1.0 and 1.25 0.622 / 0.202; these three 0.638 / 0.216; 0.875
+# to 1.25 in four steps 0.642 / 0.222; 0.75 to 1.5 in five 0.608 / 0.208.
+REREAD_ZOOMS = (0.875, 1.0, 1.25)
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
 # A new piece of text starts where the next character is this many frames (4 px at 384 px) past the last one
 # started: wider than a wide (CJK) glyph at the trained sizes, narrower than the gap between two bars' labels.
@@ -286,6 +291,12 @@ def chart_answer(chart: dict) -> str:
     return CHART_ANSWER_PREFIX + repr(chart)
 
 
+def mean_confidence(items: list[TextItem]) -> float:
+    """The head's mean confidence over the characters of a reading (0 for an empty one)."""
+    n = sum(len(item.ids) for item in items)
+    return sum(item.conf * len(item.ids) for item in items) / n if n else 0.0
+
+
 def line_items(rows: list[tuple], decode: Callable[[list[int]], str], scale: float,
                start: float = 0.0) -> list[TextItem]:  # fmt: skip
     """The pieces of the one line of text that a part of the image was read for (rows read at `scale` times the
@@ -301,8 +312,8 @@ def line_items(rows: list[tuple], decode: Callable[[list[int]], str], scale: flo
 
 
 def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: str = " ", scale: float = 1,
-               read_region: ReadRegion | None = None, reread_scale: float = 2.0,
-               bars: list[Bar] | None = None) -> str:  # fmt: skip
+               read_region: ReadRegion | None = None, reread_scale: float = 2.0, bars: list[Bar] | None = None,
+               reread_zooms: tuple[float, ...] | None = None) -> str:  # fmt: skip
     """One image's greedy_rows reading -> its chart answer (CHART_ANSWER_PREFIX + a python-dict literal).
     `scale`: how many times the trained input size the image was read at (frames and rows are `scale` times
     as many per character; the rules' constants are for scale 1).
@@ -310,9 +321,10 @@ def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: st
     `read_region(left, right, top, bottom, scale)`: that part of the image (frames and grid rows of the trained
     size; `right` may be inf: to the edge) read again on its own at `scale` times the trained size, returning
     (greedy_rows' rows, the scale it was read at, the frame of the trained size where its frame 0 lies). The
-    bars' labels and values are the chart's smallest type: read alone at `reread_scale`, larger than the whole
-    chart can be read, they come out better; so does the title, read alone at TITLE_ZOOM times that. The y
-    axis stays with the whole reading (vary.infer.pipeline passes config.chart_reread_scale).
+    bars' labels and values are the chart's smallest type: read alone at `reread_scale` (times each of
+    `reread_zooms`, REREAD_ZOOMS by default; the surest reading kept), larger than the whole chart can be read, they come out better; so
+    does the title, read alone at TITLE_ZOOM times that. The y axis stays with the whole reading
+    (vary.infer.pipeline passes config.chart_reread_scale).
 
     `bars`: the bars the pixels show (vary.infer.chart_bars.find_bars), in frames and grid rows of the trained
     size: chart_from_items then finds a value per bar and cuts the labels at them."""
@@ -322,8 +334,11 @@ def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: st
         def reread(left: float, right: float, first: int, last: int, zoom: float) -> list[TextItem]:
             # rows of this reading; half a row of it either side
             top, bottom = (first - 0.5) / scale, (last + 1.5) / scale
-            region_rows, region_scale, start = read_region(left, right, top, bottom, reread_scale * zoom)
-            return line_items(region_rows, decode, region_scale, start)
+            readings = []
+            for k in reread_zooms or REREAD_ZOOMS:
+                region_rows, region_scale, start = read_region(left, right, top, bottom, reread_scale * zoom * k)
+                readings.append(line_items(region_rows, decode, region_scale, start))
+            return max(readings, key=mean_confidence)
 
     if scale != 1:
         rows = [(r, ids, conf, [f / scale for f in frames]) for r, ids, conf, frames in rows]
