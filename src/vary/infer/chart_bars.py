@@ -47,12 +47,11 @@ class Bar:
 def find_bars(image: Image.Image) -> list[Bar]:
     """The bars of one series, left to right; [] when no colour forms two or more of them.
 
-    Each frequent colour is a candidate: its columns that it fills for at least 3% of the
-    height are cut into runs, and each run's rows that the colour fills (SOLID) make a rectangle. A colour's
-    rectangles are its bars when there are at least two, equally wide (WIDTH_SPREAD), on one baseline (the
-    bottom of upward bars or the top of downward ones, within EDGE px), and not all of one height (the plot's
-    background between gridlines makes rectangles too, but equal ones). The colour whose bars cover the most
-    area wins."""
+    Each frequent colour is a candidate: the columns it fills for at least 3% of the height are cut into runs,
+    and each run's rows that the colour fills (SOLID) make a rectangle. A colour's rectangles are its bars when
+    there are at least two, equally wide (WIDTH_SPREAD), on one baseline (the bottom of upward bars or the top
+    of downward ones, within EDGE px), and not all of one height (the plot's background between gridlines makes
+    rectangles too, but equal ones). The colour whose bars cover the most area wins."""
     image = image.convert("RGB")
     if max(image.size) > MAX_SIDE:
         k = MAX_SIDE / max(image.size)
