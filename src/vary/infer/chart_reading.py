@@ -292,7 +292,7 @@ def bar_value(bar: Bar, values: list[TextItem], bars: list[Bar], reread: Reread 
     if bar.downward:
         first, last = math.floor(bar.bottom), math.floor(bar.bottom + 2 * row_gap)
     else:
-        first, last = math.floor(bar.top - 2 * row_gap), max(math.floor(bar.top) - 1, math.floor(bar.top - 2 * row_gap))
+        first, last = math.floor(bar.top - 2 * row_gap), math.floor(bar.top) - 1  # row_gap >= 1: first <= last
     numbers = [item for item in reread(bar.centre - half, bar.centre + half, first, last, 1.0) if item.numeric]
     if len(numbers) != 1:
         return None
@@ -336,9 +336,9 @@ def read_chart(rows: list[tuple], decode: Callable[[list[int]], str], joiner: st
     size; `right` may be inf: to the edge) read again on its own at `scale` times the trained size, returning
     (greedy_rows' rows, the scale it was read at, the frame of the trained size where its frame 0 lies). The
     bars' labels and values are the chart's smallest type: read alone at `reread_scale` (times each of
-    `reread_zooms`, REREAD_ZOOMS by default; the surest reading kept), larger than the whole chart can be read, they come out better; so
-    does the title, read alone at TITLE_ZOOM times that. The y axis stays with the whole reading
-    (vary.infer.pipeline passes config.chart_reread_scale).
+    `reread_zooms`, REREAD_ZOOMS by default; the surest reading kept), larger than the whole chart can be read,
+    they come out better; so does the title, read alone at TITLE_ZOOM times that. The y axis stays with the
+    whole reading (vary.infer.pipeline passes config.chart_reread_scale).
 
     `bars`: the bars the pixels show (vary.infer.chart_bars.find_bars), in frames and grid rows of the trained
     size: chart_from_items then finds a value per bar and cuts the labels at them."""

@@ -170,17 +170,19 @@ def merge_lookalikes(probs: torch.Tensor, best: list[int], nats: float) -> list[
     glyph: the frames of one character in a row are a segment, and a segment joins the glyph before it when
     reading both as one character, the likelier of their two, costs under `nats` against reading them apart
     (LOOKALIKE_NATS)."""
-    log = probs.clamp_min(1e-9).log()
     segments: list[tuple[int, list[int]]] = []
     for i, c in enumerate(best):
         if segments and segments[-1][0] == c:
             segments[-1][1].append(i)
         else:
             segments.append((c, [i]))
+    if len(segments) == 1 or nats <= 0:  # nothing touches, or no merging: the best path as it is
+        return segments
+    log = probs.clamp_min(1e-9).log()
     glyphs: list[tuple[int, list[int], float]] = []  # (character, positions, summed log-probability)
     for c, positions in segments:
         score = float(log[positions, c].sum())
-        if glyphs and nats > 0:
+        if glyphs:
             last, before, last_score = glyphs[-1]
             both = log[before + positions].sum(0)
             merged = max((last, c), key=lambda x: float(both[x]))
