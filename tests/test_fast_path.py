@@ -7,6 +7,8 @@ cases still pass with the fast path on.
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,6 +19,7 @@ from test_conformance import _case_inputs, _load_case_model, cases
 from test_quantize import got_like_config, saved_model
 from vary.modeling import fast
 from vary.modeling.loading import load_model
+from vary.modeling.quantize import is_quantized, quantize_model_
 from vary.modeling.vary import VaryForCausalLM
 
 ATOL = 1e-4
@@ -125,6 +128,30 @@ def test_preallocated_cache_matches_dynamic_cache(monkeypatch):
         assert got.tolist() == expected.tolist(), kwargs
 
 
+def test_preallocated_cache_grows_for_a_writer_and_lets_the_old_buffers_go(monkeypatch):
+    """reserve() hands out buffers with room for the new tokens and the history in place; the old buffers are no
+    longer held once they are copied (24 layers' old buffers held until the step's end cost 0.2 GB of peak RSS on
+    a GOT-OCR2 page); set_length() exposes what the writer filled."""
+    monkeypatch.setattr(fast.PreallocatedLayer, "initial_capacity", 4)
+    cache = fast.PreallocatedCache()
+    history = [torch.randn(1, 2, 3, 8) for _ in range(4)]
+    for index in range(2):
+        cache.update(history[2 * index], history[2 * index + 1], index)  # capacity 6 each
+    old = [weakref.ref(buffer) for layer in cache.layers for buffer in (layer._key_buffer, layer._value_buffer)]
+    keys, values = cache.reserve(7)
+    assert all(buffer() is None for buffer in old)  # freed: nothing holds them any more
+    for index, layer in enumerate(cache.layers):
+        assert keys[index].shape[2] >= 7 and keys[index] is layer._key_buffer
+        assert layer.get_seq_length() == 3
+        keys[index][:, :, 3:7] = 1.0
+        values[index][:, :, 3:7] = 2.0
+    cache.set_length(7)
+    for index, layer in enumerate(cache.layers):
+        torch.testing.assert_close(layer.keys[:, :, :3], history[2 * index], atol=0, rtol=0)
+        assert layer.keys.shape[2] == 7 and bool((layer.values[:, :, 3:] == 2.0).all())
+    assert cache.reserve(7)[0][0] is keys[0]  # room enough: the same buffers
+
+
 def test_caller_cache_choice_is_respected():
     model = VaryForCausalLM(tiny_config()).eval()
     for kwargs in (dict(use_cache=False), dict(cache_implementation="static"), dict(cache="mine")):
@@ -188,6 +215,67 @@ def test_lean_qwen2_decoding_matches_transformers(tmp_path, quantize, lean_steps
     # int8 Linears quantize their input per call: a float-rounding difference in it can move one int8 step
     atol = ATOL if quantize is None else 0.05 * float(expected.std())
     torch.testing.assert_close(torch.stack(lean.logits), expected, atol=atol, rtol=0)
+
+
+def _greedy(model, steps=40):
+    kwargs = dict(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, eos_token_id=None, pad_token_id=0,
+                  output_logits=True, return_dict_in_generate=True)  # fmt: skip
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.tensor([[5, 6, 7, 8, 9]]), **kwargs)
+    return out.sequences, torch.stack(out.logits)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=["float32", "int8"])
+def test_decode_step_runs_as_torchscript_and_as_python_alike(tmp_path, quantize, monkeypatch, caplog):
+    """The step is scripted when the fast path is switched on; where TorchScript fails, the same module runs
+    in Python, with one warning, and decodes the same tokens with the same logits."""
+    model = _got_like(tmp_path, quantize).enable_fast_cpu_path()
+    step, _ = fast._decode_steps[model.language_model]  # built by enable_fast_cpu_path, before any token
+    assert isinstance(step, torch.jit.ScriptModule)
+    scripted = _greedy(model)
+
+    def no_torchscript(module):
+        raise RuntimeError("TorchScript cannot compile this\nsecond line")
+
+    monkeypatch.setattr(torch.jit, "script", no_torchscript)
+    del fast._decode_steps[model.language_model]
+    with caplog.at_level("WARNING", logger="vary.modeling.fast"):
+        python = _greedy(model)
+    step, _ = fast._decode_steps[model.language_model]
+    assert isinstance(step, fast.Qwen2DecodeStep) and not isinstance(step, torch.jit.ScriptModule)
+    assert [r.getMessage() for r in caplog.records] == [
+        "decoding without TorchScript (RuntimeError: TorchScript cannot compile this)"
+    ]
+    assert python[0].tolist() == scripted[0].tolist()
+    torch.testing.assert_close(python[1], scripted[1], atol=1e-6, rtol=0)
+
+
+def test_decode_step_follows_changed_weights_and_modules(tmp_path):
+    """Weights changed in place reach the built step; a replaced module or tensor (quantization, a new
+    Parameter) builds a new one. Each time the fast path decodes what the plain path does."""
+    model = _got_like(tmp_path).enable_fast_cpu_path()
+
+    def check_against_plain():
+        fast_run = _greedy(model)
+        model.enable_fast_cpu_path(False)
+        plain = _greedy(model)
+        model.enable_fast_cpu_path()
+        assert fast_run[0].tolist() == plain[0].tolist()
+        atol = 0.05 * float(plain[1].std()) if is_quantized(model) else ATOL
+        torch.testing.assert_close(fast_run[1], plain[1], atol=atol, rtol=0)
+        return fast._decode_steps[model.language_model][0]
+
+    first = check_against_plain()
+    with torch.no_grad():
+        model.language_model.model.norm.weight.mul_(3.0)  # in place: the same step sees it
+    assert check_against_plain() is first
+    layer = model.language_model.model.layers[1].mlp
+    layer.down_proj.weight = torch.nn.Parameter(torch.randn_like(layer.down_proj.weight) * 0.05)
+    replaced = check_against_plain()
+    assert replaced is not first
+    quantize_model_(model)
+    model.kv_storage_dtype = None  # float32 keys/values, as the plain path's comparison above
+    assert check_against_plain() is not replaced
 
 
 def test_lean_qwen2_decoding_leaves_padded_batches_and_extra_outputs_to_transformers(tmp_path, lean_steps):

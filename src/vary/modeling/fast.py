@@ -24,21 +24,27 @@ default DynamicCache also copies the whole key/value history at every token (`to
 appends in place. A hand-written OPT decode step saved only ~7% more and was not kept. For Qwen2 decoders
 (GOT-OCR2, Vary-toy) it is kept (`qwen2_decode_step`): with int8 weights a GOT-OCR2 token streams only ~0.46 GB,
 and transformers' per-token Python and small-op work (masks, kwargs plumbing, 7-op RMSNorms, rotary per
-layer: ~4,000 ops a token) took 15 of its 40 ms on 2 cores; the step here issues ~25 ops per layer.
+layer: ~4,000 ops a token) took 15 of its 40 ms on 2 cores; the step here issues ~25 ops per layer, and runs
+them as TorchScript (Python's cost per op was ~7 ms of the remaining ~35 ms: 28 -> 36 tok/s).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import warnings
+import weakref
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.activations import GELUActivation
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM
+
+logger = logging.getLogger(__name__)
 
 # Queries per SDPA call (one head at a time) in global attention: the bias chunk is 1024 x 4096 floats = 16 MB
 # for SAM-B. Measured on 2 cores: ~10% faster than all 12 heads per call, and faster than 256- or 4096-query chunks.
@@ -259,6 +265,17 @@ class PreallocatedLayer(DynamicLayer):
         self.values = self._value_buffer[:, :, :new]
         return self.keys, self.values
 
+    def reserve(self, length: int) -> tuple[Tensor, Tensor]:
+        """The whole key and value buffers, grown to hold at least `length` tokens, for a writer that fills
+        positions past the current length itself and then calls `set_length`."""
+        if not self._owns_states() or length > self._key_buffer.shape[-2]:
+            self._reallocate(self.keys, self.values, max(length * 2, self.initial_capacity))
+        return self._key_buffer, self._value_buffer
+
+    def set_length(self, length: int) -> None:
+        self.keys = self._key_buffer[:, :, :length]
+        self.values = self._value_buffer[:, :, :length]
+
     def _owns_states(self) -> bool:
         """False when `keys` was replaced from outside (crop, beam reorder, batch select): rebuild the buffer."""
         if self._key_buffer is None:
@@ -276,6 +293,7 @@ class PreallocatedLayer(DynamicLayer):
         if old:
             self._key_buffer[:, :, :old] = self.keys
             self._value_buffer[:, :, :old] = self.values
+            self.set_length(old)  # drops the views of the old buffers, so they are freed now, one layer at a time
 
     def reset(self) -> None:
         self._key_buffer = self._value_buffer = None
@@ -291,6 +309,16 @@ class PreallocatedCache(DynamicCache):
 
     def __init__(self, storage_dtype: torch.dtype | None = None):
         Cache.__init__(self, layer_class_to_replicate=functools.partial(PreallocatedLayer, storage_dtype=storage_dtype))
+        self.decode_step: nn.Module | None = None  # set by qwen2_decode_step at this cache's first decoded token
+
+    def reserve(self, length: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Every layer's key and value buffers, grown to hold `length` tokens (see PreallocatedLayer.reserve)."""
+        buffers = [layer.reserve(length) for layer in self.layers]
+        return [keys for keys, _ in buffers], [values for _, values in buffers]
+
+    def set_length(self, length: int) -> None:
+        for layer in self.layers:
+            layer.set_length(length)
 
 
 def add_decoding_cache(model, generate_kwargs: dict) -> None:
@@ -333,49 +361,130 @@ def qwen2_decode_step(language_model, inputs_embeds: Tensor, cache: Preallocated
     """One decoding step of transformers' Qwen2ForCausalLM (B, 1, H) -> logits (B, 1, V), appending to `cache`;
     the same math as its forward (eval, no mask: a lone query attends to the whole cache). Works with the
     float Linears and with vary.modeling.quantize's fused int8 ones (`qkv_proj`, `gate_up_proj`)."""
-    decoder = language_model.model
-    batch = inputs_embeds.shape[0]
+    if cache.decode_step is None:  # the first decoded token of this cache
+        cache.decode_step = decode_step_module(language_model)
+    length = cache.get_seq_length()
     if position_ids is None:
-        position_ids = torch.full((batch, 1), cache.get_seq_length(), dtype=torch.long)
-    cos, sin = decoder.rotary_emb(inputs_embeds, position_ids)  # (B, 1, D)
+        position_ids = torch.full((inputs_embeds.shape[0], 1), length, dtype=torch.long)
+    cos, sin = language_model.model.rotary_emb(inputs_embeds, position_ids)  # (B, 1, D)
     half = cos.shape[-1] // 2
     # rotate_half(x) * sin == roll(x, D/2) * (sin with its first half negated): one roll instead of two slices,
     # a negation and a cat, per tensor and layer
-    cos, signed_sin = cos[:, :, None], torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
-    hidden = inputs_embeds
-    for index, layer in enumerate(decoder.layers):
-        attn = layer.self_attn
-        x = _rms_norm(layer.input_layernorm, hidden)
-        q, k, v = _qkv(attn, x)
-        q = _rotate(q.view(batch, 1, -1, attn.head_dim), cos, signed_sin).transpose(1, 2)  # (B, heads, 1, D)
-        k = _rotate(k.view(batch, 1, -1, attn.head_dim), cos, signed_sin).transpose(1, 2)
-        keys, values = cache.update(k, v.view(batch, 1, -1, attn.head_dim).transpose(1, 2), index)
-        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, scale=attn.scaling,
-                                             enable_gqa=keys.shape[1] != q.shape[1])  # fmt: skip
-        hidden = hidden + attn.o_proj(out.to(hidden.dtype).transpose(1, 2).reshape(batch, 1, -1))
-        hidden = hidden + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
-    logits = language_model.lm_head(_rms_norm(decoder.norm, hidden))
+    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
+    keys, values = cache.reserve(length + 1)
+    # TorchScript's default (profiling) executor spends its first two calls at ~7x the time of a step profiling
+    # shapes for fusions that a CPU build does not make; the plain interpreter runs every call at full speed
+    with torch.jit.optimized_execution(False):
+        logits = cache.decode_step(inputs_embeds, cos[:, :, None], signed_sin, keys, values, length)
+    cache.set_length(length + 1)
     return CausalLMOutputWithPast(logits=logits, cache=cache)
 
 
-def _rms_norm(norm, x: Tensor) -> Tensor:
-    """Qwen2RMSNorm as one fused op (float32 only: see lean_decoding_applies)."""
-    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+class Qwen2LayerStep(nn.Module):
+    """One Qwen2 decoder layer for one new token per row, written to run under TorchScript (see Qwen2DecodeStep).
+    Reads the transformers layer's own modules and weights (nothing copied): q/k/v as three Linears or as the one
+    fused int8 `qkv_proj` of vary.modeling.quantize, gate/up likewise (`gate_up_proj`)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        for name in ("qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj"):
+            if hasattr(attn, name):
+                setattr(self, name, getattr(attn, name))
+        for name in ("gate_up_proj", "gate_proj", "up_proj", "down_proj", "act_fn"):
+            if hasattr(mlp, name):
+                setattr(self, name, getattr(mlp, name))
+        self.input_norm, self.post_attention_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        self.eps = float(layer.input_layernorm.variance_epsilon)
+        self.head_dim, self.scaling = int(attn.head_dim), float(attn.scaling)
+        self.heads = int(attn.config.num_attention_heads)
+        self.kv_heads = int(attn.config.num_key_value_heads)
+        self.intermediate_size = int(mlp.intermediate_size)
+
+    def forward(self, hidden: Tensor, cos: Tensor, signed_sin: Tensor, key_buffer: Tensor, value_buffer: Tensor,
+                position: int) -> Tensor:  # fmt: skip
+        batch, q_size, kv_size = hidden.shape[0], self.heads * self.head_dim, self.kv_heads * self.head_dim
+        x = F.rms_norm(hidden, [hidden.shape[-1]], self.input_norm, self.eps)
+        if hasattr(self, "qkv_proj"):
+            qkv = self.qkv_proj(x)
+            q, k, v = qkv[..., :q_size], qkv[..., q_size : q_size + kv_size], qkv[..., q_size + kv_size :]
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self._rotate(q.view(batch, 1, self.heads, self.head_dim), cos, signed_sin).transpose(1, 2)
+        k = self._rotate(k.view(batch, 1, self.kv_heads, self.head_dim), cos, signed_sin).transpose(1, 2)
+        key_buffer[:, :, position : position + 1] = k  # cast to the store's dtype (bf16 where native)
+        value_buffer[:, :, position : position + 1] = v.view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q.to(key_buffer.dtype), key_buffer[:, :, : position + 1],
+                                             value_buffer[:, :, : position + 1], scale=self.scaling,
+                                             enable_gqa=self.kv_heads != self.heads)  # fmt: skip
+        hidden = hidden + self.o_proj(out.to(hidden.dtype).transpose(1, 2).reshape(batch, 1, q_size))
+        x = F.rms_norm(hidden, [hidden.shape[-1]], self.post_attention_norm, self.eps)
+        if hasattr(self, "gate_up_proj"):
+            gate_up = self.gate_up_proj(x)
+            gate, up = gate_up[..., : self.intermediate_size], gate_up[..., self.intermediate_size :]
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return hidden + self.down_proj(self.act_fn(gate) * up)
+
+    def _rotate(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), signed_sin)
 
 
-def _qkv(attn, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    if hasattr(attn, "qkv_proj"):  # vary.modeling.quantize.FusedQKVQwen2Attention
-        return attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1)
-    return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+class Qwen2DecodeStep(nn.Module):
+    """All layers, the final norm and the LM head of one decoding step: (B, 1, H) -> logits (B, 1, V), writing
+    each layer's new key/value at `position` of its cache buffer.
+
+    Run as TorchScript where it compiles: a GOT-OCR2 int8 token is ~700 small ops around 97 int8 GEMMs, and
+    Python's per-op cost was ~7 ms of its ~35 ms on 2 cores (measured: 28 -> 36 tok/s, the same tokens).
+    TorchScript is deprecated in favour of torch.compile, but torch.compile breaks its graph at every fbgemm int8
+    op (their packed weights cannot be traced) and ran slower than eager; TorchScript runs them natively."""
+
+    def __init__(self, language_model: nn.Module):
+        super().__init__()
+        decoder = language_model.model
+        self.layers = nn.ModuleList(Qwen2LayerStep(layer) for layer in decoder.layers)
+        self.norm, self.eps = decoder.norm.weight, float(decoder.norm.variance_epsilon)
+        self.lm_head = language_model.lm_head
+
+    def forward(self, hidden: Tensor, cos: Tensor, signed_sin: Tensor, keys: list[Tensor], values: list[Tensor],
+                position: int) -> Tensor:  # fmt: skip
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, cos, signed_sin, keys[index], values[index], position)
+        return self.lm_head(F.rms_norm(hidden, [hidden.shape[-1]], self.norm, self.eps))
 
 
-def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    return torch.addcmul(x * cos, x.roll(cos.shape[-1] // 2, dims=-1), signed_sin)
+# One step module per language model (~0.4 s to script GOT-OCR2's), with the fingerprint of the modules and weights
+# it was built from; weak keys, so it goes with its model. It shares the model's weights (in-place updates reach
+# it); a replaced module or tensor (quantization, a dtype change) changes the fingerprint and rebuilds it.
+_decode_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _mlp(mlp, x: Tensor) -> Tensor:
-    if hasattr(mlp, "gate_up_proj"):  # vary.modeling.quantize.FusedInt8MLP
-        gate, up = mlp.gate_up_proj(x).split(mlp.intermediate_size, dim=-1)
-    else:
-        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
-    return mlp.down_proj(mlp.act_fn(gate) * up)
+def _fingerprint(language_model: nn.Module) -> tuple:
+    modules = tuple(id(module) for module in language_model.modules())
+    return modules + tuple((tensor.data_ptr(), tensor.dtype) for tensor in language_model.parameters())
+
+
+def prepare_lean_decoding(language_model: nn.Module) -> None:
+    """Build a Qwen2 decoder's step module now (~0.4 s for GOT-OCR2), not at its first decoded token."""
+    if isinstance(language_model, Qwen2ForCausalLM) and all(
+        kind == "full_attention" for kind in language_model.config.layer_types
+    ):
+        decode_step_module(language_model)
+
+
+def decode_step_module(language_model: nn.Module) -> nn.Module:
+    """The (scripted where possible) Qwen2DecodeStep of this language model, built now if it is missing or stale.
+    Checked once per cache (each `generate`), not per token (see qwen2_decode_step)."""
+    fingerprint = _fingerprint(language_model)
+    built = _decode_steps.get(language_model)
+    if built is not None and built[1] == fingerprint:
+        return built[0]
+    step = Qwen2DecodeStep(language_model).eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's notice: see Qwen2DecodeStep
+            step = torch.jit.script(step)
+    except Exception as error:  # a module TorchScript cannot compile: the same code, run by Python
+        logger.warning("decoding without TorchScript (%s: %s)", type(error).__name__, str(error).split("\n")[0])
+    _decode_steps[language_model] = (step, fingerprint)
+    return step

@@ -239,6 +239,8 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         transformers path. Returns the model, so `model = VaryForCausalLM(config).eval().enable_fast_cpu_path()`.
         """
         self.vision_vocab.fast_cpu = enabled
+        if enabled:
+            fast.prepare_lean_decoding(self.language_model)
         return self
 
     # --- training helpers -----------------------------------------------------------------------------
