@@ -14,7 +14,7 @@ from vary.data.dataset import Collator, Conversation, line_labels_for
 from vary.data.generators.blocks import BlocksGenerator
 from vary.infer import pipeline as pipeline_module
 from vary.infer.pipeline import Pipeline
-from vary.modeling.conv_vocab import greedy_rows, merge_rows, reading_loss, wide_tokens
+from vary.modeling.conv_vocab import greedy_rows, letter_tokens, merge_rows, reading_loss, wide_tokens
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import train_char_tokenizer
 from vary.modeling.vary import VaryForCausalLM
@@ -192,6 +192,49 @@ def test_touching_lookalikes_are_one_glyph_and_sure_neighbours_stay_two():
     assert [(r, ids) for r, ids, *_ in plain] == [(0, [5, 6, 3, 4]), (1, [7, 8, 7])]
 
 
+def test_a_double_letter_read_as_one_run_is_split_where_the_blank_peaks_inside_it():
+    # Row 0: letter 3 over five frames, the blank likelier at frame 3 (p ~ 0.3) than at its neighbours: two 3s.
+    # Letter 4 over three frames with a blank under the threshold (p ~ 0.01): one. Row 1: the same dip inside a
+    # run of a wide glyph (5) and of a mark that is no letter (7), and at frame 7 of a letter run where the blank
+    # is higher still next door (not a peak): all stay one.
+    logits = one_hot_rows([[0, 3, 3, 3, 3, 3, 0, 4, 4, 4, 0], [0, 5, 5, 5, 0, 7, 7, 7, 3, 3, 3]])
+    logits[0, 0, 3, 0] = 9.2  # blank at ~0.3 of frame 3
+    logits[0, 0, 8, 0] = 5.4  # ~0.01
+    logits[0, 1, 2, 0] = logits[0, 1, 6, 0] = 9.2
+    logits[0, 1, 9, 0] = 9.5
+    logits[0, 1, 8, 0] = 9.6  # the blank's peak is frame 8, at the run's edge, not inside it
+    letters = torch.zeros(10, dtype=torch.bool)
+    letters[[3, 4]] = True
+    wide = torch.zeros(10, dtype=torch.bool)
+    wide[5] = True
+    rows = greedy_rows(logits, blank=0, wide=wide, letters=letters, double_blank=0.05)[0]
+    assert [(r, ids, frames) for r, ids, _, frames in rows] == [(0, [3, 3, 4], [1, 4, 7]), (1, [5, 7, 3], [1, 5, 8])]
+    assert [ids for _, ids, *_ in greedy_rows(logits, blank=0, wide=wide)[0]] == [[3, 4], [5, 7, 3]]  # no letters
+    assert [ids for _, ids, *_ in greedy_rows(logits, 0, wide, letters=letters, double_blank=0.0)[0]] == [
+        [3, 4],
+        [5, 7, 3],
+    ]
+    assert [ids for _, ids, *_ in greedy_rows(logits, 0, wide, letters=letters, double_blank=0.5)[0]] == [
+        [3, 4],
+        [5, 7, 3],
+    ]
+    tok = train_char_tokenizer(TEXTS + ["──__"], vocab_size=128)
+    marked = {t for t, i in tok.get_vocab().items() if letter_tokens(tok, len(tok))[i]}
+    assert set("Thequickbrownfox0123456789") <= marked and not marked & set("中，。.─_ ")
+    with pytest.raises(ValueError, match="double_letter_blank"):
+        tiny_reader(64, double_letter_blank=1.0)
+
+
+def test_merge_rows_choose_lines_on_the_plain_reading_and_give_the_split_one():
+    """A row that sees half the glyphs can split differently from its neighbour: the lines are still chosen on
+    the reading without splits, then given as split."""
+    plain = [(1, [3, 4, 5, 6], 0.8), (2, [3, 4, 5, 6], 0.9), (3, [7, 8], 0.9)]
+    split = [(1, [3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6], 0.8), (2, [3, 4, 4, 5, 6], 0.9), (3, [7, 8], 0.9)]
+    assert merge_rows(split) == [[3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6], [3, 4, 4, 5, 6], [7, 8]]  # as two lines
+    assert merge_rows(plain, split=split) == [[3, 4, 4, 5, 6], [7, 8]]
+    assert merge_rows(plain) == [[3, 4, 5, 6], [7, 8]]
+
+
 def test_merge_rows_keeps_distinct_neighbours_and_drops_a_duplicate():
     lines = [(1, [3, 4, 5, 6], 0.9), (2, [3, 4, 5, 6], 0.95), (3, [7, 8, 9], 0.8), (5, [1, 2], 0.7)]
     assert merge_rows(lines) == [[3, 4, 5, 6], [7, 8, 9], [1, 2]]
@@ -263,7 +306,7 @@ def test_pipeline_reads_ocr_with_the_head_and_other_tasks_with_the_decoder(reade
     image = Image.new("RGB", (64, 64), "white")
     pixels = pipe.processor.image_tensor(image)[None]
     expected = "\n".join(pipe.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                         for ids in pipe.model.read_lines(pixels, pipe.wide_tokens)[0])  # fmt: skip
+                         for ids in pipe.model.read_lines(pixels, pipe.wide_tokens, pipe.letter_tokens)[0])  # fmt: skip
     result = pipe.ocr(image)
     assert result.task == "ocr"
     if expected:
@@ -303,6 +346,8 @@ def test_pipeline_reads_a_bar_chart_with_the_head(reader_pipeline, monkeypatch):
     monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: seen.append(pixels.shape) or [twice])
     monkeypatch.setattr(pipe.model.config, "chart_read_scale", 2.0)
     assert pipe.chart(image) == {"title": "fox", "data": {"ABC": 42, "dog": 7}} and seen[-1][-2:] == (128, 128)
+    frame_logits = pipe.model.frame_logits
+    monkeypatch.setattr(pipe.model, "frame_logits", lambda pixels: seen.append(pixels.shape) or frame_logits(pixels))
     assert pipe.ocr(image) is not None and seen[-1][-2:] == (64, 64)  # ocr keeps the trained size
     # title, labels and values read again on their own at chart_reread_scale: the labels' band across the image,
     # 3 x 64 px wide plus the white margins; a region around each value
@@ -408,13 +453,13 @@ def test_trainer_logs_the_reading_loss_and_refuses_what_cannot_train_it(tmp_path
 def test_an_image_without_text_goes_to_the_decoder(reader_pipeline, monkeypatch):
     pipe = reader_pipeline
     image = Image.new("RGB", (64, 64), "white")
-    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: [[] for _ in range(len(pixels))])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None: [[] for _ in pixels])
     calls = []
     generate = pipe._generate
     monkeypatch.setattr(pipe, "_generate", lambda *a, **k: calls.append(a) or generate(*a, **k))
     result = pipe.ocr(image)
     assert len(calls) == 1 and 1 <= result.num_tokens <= 4  # generated, within max_new_tokens
-    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: [[(0, [7, 8], 1.0, [0, 2])] for _ in pixels])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None: [[[7, 8]] for _ in pixels])
     assert pipe.ocr(image).text == pipe.processor.tokenizer.decode([7, 8]) and len(calls) == 1
 
 
@@ -471,13 +516,11 @@ def test_only_a_short_head_reading_is_asked_whether_it_is_a_photograph(photo_pip
     image = Image.new("RGB", (64, 64), "white")
     letter = pipe.processor.tokenizer.convert_tokens_to_ids("a")
     for n, photo in ((2, True), (Pipeline.PHOTO_MAX_CHARS, False)):
-        rows = [(0, [letter] * n, 1.0, list(range(0, 2 * n, 2)))]  # one grid row reads n letters
-        monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None, rows=rows: [rows for _ in pixels])
+        lines = [[letter] * n]  # one line of n letters
+        monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None, lines=lines: [lines])
         assert (pipe.ocr(image).text in NATURE_SENTENCES) is photo
     pipe.model.config.photo_nll_threshold = None  # no gate: the head's two stray letters stand
-    monkeypatch.setattr(
-        pipe.model, "read_rows", lambda pixels, wide=None: [[(0, [letter] * 2, 1.0, [0, 2])] for _ in pixels]
-    )
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None: [[[letter] * 2]])
     assert pipe.ocr(image).text == "aa"
     with pytest.raises(ValueError, match="photo_nll_threshold is for ocr_reader='reading_head'"):
         tiny_reader(64, photo_nll_threshold=1.0)

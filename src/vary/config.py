@@ -92,6 +92,10 @@ class VaryConfig(PreTrainedConfig):
     # With a reading head: two touching frames of different characters are read as one glyph when that costs under
     # this many nats against reading two (vary.modeling.conv_vocab.LOOKALIKE_NATS, chosen on the dev sets); 0: never.
     lookalike_nats: float = 1.5
+    # With a reading head, reading text at the trained size (not charts): a run of one narrow letter or digit is
+    # read as two where the blank's probability peaks inside it at this or more (double letters read once:
+    # vary.modeling.conv_vocab.DOUBLE_LETTER_BLANK, chosen on the dev sets); 0: never.
+    double_letter_blank: float = 0.05
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None and "clip_config" not in kwargs:
@@ -147,6 +151,8 @@ class VaryConfig(PreTrainedConfig):
                              f"{self.chart_reread_scale}")  # fmt: skip
         if self.lookalike_nats < 0:
             raise ValueError(f"lookalike_nats must be >= 0 (0: never merge), got {self.lookalike_nats}")
+        if not 0 <= self.double_letter_blank < 1:
+            raise ValueError(f"double_letter_blank must be in [0, 1) (0: never split), got {self.double_letter_blank}")
         if self.vision_encoder == "conv":
             self._validate_conv_shapes()
         else:

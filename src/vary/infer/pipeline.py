@@ -45,7 +45,7 @@ from vary.infer.generation import (
     generated_ids,
 )
 from vary.infer.tasks import Task
-from vary.modeling.conv_vocab import COLUMN_STRIDE, ROW_STRIDE, merge_rows, wide_tokens
+from vary.modeling.conv_vocab import COLUMN_STRIDE, ROW_STRIDE, letter_tokens, wide_tokens
 from vary.modeling.hub import model_name
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
@@ -366,9 +366,9 @@ class Pipeline:
                 if task == "chart":  # decoded once: for the bars, the whole reading and each second one
                     image = load_image(image, self.processor.max_pixels)
                 pixels = self.processor.image_tensor(image, scale)[None]
-            with self._lock, torch.inference_mode():
-                rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
-            if task == "chart":
+            if task == "chart":  # read without splitting double letters: see conv_vocab.DOUBLE_LETTER_BLANK
+                with self._lock, torch.inference_mode():
+                    rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
                 reread = {"read_region": functools.partial(self.read_region, image), "reread_scale": reread_scale}
                 frames, grid_rows = size * self.model.config.reading_frames / COLUMN_STRIDE, size / ROW_STRIDE
                 bars = [bar.scaled(frames, grid_rows) for bar in find_bars(image)]
@@ -376,7 +376,8 @@ class Pipeline:
                                     **(reread if reread_scale else {}))  # fmt: skip
                 results.append(Result(answer, "chart", False, len(tok.encode(answer, add_special_tokens=False))))
                 continue
-            lines = merge_rows(rows)
+            with self._lock, torch.inference_mode():
+                lines = self.model.read_lines(pixels.to(self.device), self.wide_tokens, self.letter_tokens)[0]
             text = "\n".join(decode(ids).strip() for ids in lines)
             results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
         if task == "chart":
@@ -398,6 +399,11 @@ class Pipeline:
     def wide_tokens(self) -> torch.Tensor:
         """The tokens whose glyphs are wide (CJK): the reading head reads each run of their frames as one."""
         return wide_tokens(self.processor.tokenizer, self.model.config.text_config.vocab_size).to(self.device)
+
+    @functools.cached_property
+    def letter_tokens(self) -> torch.Tensor:
+        """The narrow letters and digits: a run of one is read as two where the blank peaks inside it."""
+        return letter_tokens(self.processor.tokenizer, self.model.config.text_config.vocab_size).to(self.device)
 
     def photo_answers(self, images: list[ImageInput]) -> list[str | None]:
         """Per image, the nature sentence it is answered with when it is a photograph, else None: the sentence the

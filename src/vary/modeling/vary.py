@@ -14,7 +14,14 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vary.config import VaryConfig
 from vary.modeling import fast
-from vary.modeling.conv_vocab import LOOKALIKE_NATS, ConvVisionVocabulary, greedy_rows, merge_rows, reading_loss
+from vary.modeling.conv_vocab import (
+    DOUBLE_LETTER_BLANK,
+    LOOKALIKE_NATS,
+    ConvVisionVocabulary,
+    greedy_rows,
+    merge_rows,
+    reading_loss,
+)
 from vary.modeling.vision_vocab import VisionVocabulary, trainable
 
 
@@ -195,20 +202,35 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         n, _, rows, width = grid.shape
         return self.reading_head(grid.permute(0, 2, 3, 1)).reshape(n, rows, width * self.config.reading_frames, -1)
 
+    def frame_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images -> (N, R, F, vocab) logits of the reading head, every frame of every grid row."""
+        if self.reading_head is None:
+            raise ValueError("this model has no reading head (config.reading_head): read with generate()")
+        return self.reading_logits(self.vision_vocab.grid(pixel_values.to(self.projector_vary.weight.dtype)))
+
     @torch.no_grad()
     def read_rows(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[tuple]]:
         """Read each image with the reading head alone: per image, (row, token ids, confidence, start frames)
         of every grid row that reads something (conv_vocab.greedy_rows; `wide`: conv_vocab.wide_tokens; touching
         look-alikes merged at config.lookalike_nats)."""
-        if self.reading_head is None:
-            raise ValueError("this model has no reading head (config.reading_head): read with generate()")
-        grid = self.vision_vocab.grid(pixel_values.to(self.projector_vary.weight.dtype))
         nats = getattr(self.config, "lookalike_nats", LOOKALIKE_NATS)
-        return greedy_rows(self.reading_logits(grid), self.config.text_config.pad_token_id, wide, nats)
+        return greedy_rows(self.frame_logits(pixel_values), self.config.text_config.pad_token_id, wide, nats)
 
-    def read_lines(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[list[int]]]:
-        """read_rows, then per image one token-id list per text line, top to bottom (conv_vocab.merge_rows)."""
-        return [merge_rows(image_rows) for image_rows in self.read_rows(pixel_values, wide)]
+    @torch.no_grad()
+    def read_lines(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None,
+                   letters: torch.Tensor | None = None) -> list[list[list[int]]]:  # fmt: skip
+        """read_rows, then per image one token-id list per text line, top to bottom (conv_vocab.merge_rows).
+        With `letters` (conv_vocab.letter_tokens) each line is given with its double letters split at
+        config.double_letter_blank; the lines are still chosen on the reading without the splits (a split in a
+        row that sees only half the glyphs made it unlike its neighbours: a line read twice)."""
+        logits = self.frame_logits(pixel_values)
+        blank, nats = self.config.text_config.pad_token_id, getattr(self.config, "lookalike_nats", LOOKALIKE_NATS)
+        rows = greedy_rows(logits, blank, wide, nats)
+        double_blank = getattr(self.config, "double_letter_blank", DOUBLE_LETTER_BLANK)
+        if letters is None or double_blank <= 0:
+            return [merge_rows(image_rows) for image_rows in rows]
+        split = greedy_rows(logits, blank, wide, nats, letters, double_blank)
+        return [merge_rows(image_rows, split=image_split) for image_rows, image_split in zip(rows, split, strict=True)]
 
     def generate(self, *args, **kwargs):
         if self.vision_vocab.fast_cpu and self.device.type == "cpu":
