@@ -102,8 +102,9 @@ LOOKALIKE_NATS = 1.5
 # Two equal letters side by side ("ff", "ss", "00") are labelled with a blank frame between them (line_labels_for),
 # but at text sizes where the two glyphs' middles are a frame or two apart the head often reads one run ("Bufer",
 # "beter"). Where the blank's probability peaks inside a run of one narrow letter or digit at this or more, the run
-# is read as two. Dev sets (C7, 64 prose blocks a language, read at the trained size): English ED 0.037 -> 0.031,
-# Chinese 0.2049 -> 0.2046; at 0.02 0.031, 0.1 0.034, 0.2 0.036. Charts are read enlarged (their glyphs span
+# is read as two. Dev sets (research/reader/decode_dev.py --double-letter-blank; C7, 64 prose blocks a language,
+# read at the trained size): English ED 0.037 -> 0.031, Chinese 0.205 either way; at 0.02 0.030, 0.1 0.033, 0.2
+# 0.035 (0.05 over 0.02: within noise of it, with a higher bar for a split on unseen faces). Charts are read enlarged (their glyphs span
 # more frames, and noise inside a run peaks higher: 0.638 -> 0.597 English values with it), so they do not use it;
 # nor punctuation and box-drawing runs ("__", "──": Chinese ED 0.211 when those split too).
 DOUBLE_LETTER_BLANK = 0.05
