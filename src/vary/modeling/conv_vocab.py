@@ -112,7 +112,8 @@ DOUBLE_LETTER_BLANK = 0.05
 
 def greedy_rows(logits: torch.Tensor, blank: int, wide: torch.Tensor | None = None,
                 lookalike_nats: float = LOOKALIKE_NATS, letters: torch.Tensor | None = None,
-                double_blank: float = DOUBLE_LETTER_BLANK) -> list[list[tuple[int, list[int], float, list[int]]]]:  # fmt: skip
+                double_blank: float = DOUBLE_LETTER_BLANK,
+                probs: torch.Tensor | None = None) -> list[list[tuple[int, list[int], float, list[int]]]]:  # fmt: skip
     """Best-path decoding of every row (as CTC's: repeats merged, blanks dropped; a character's frames are the
     middle of its glyph box, so neighbouring equal letters stay apart by a blank): per image, (row, token ids,
     mean confidence of the kept characters, the frame each id starts at) for each row that reads something.
@@ -125,8 +126,9 @@ def greedy_rows(logits: torch.Tensor, blank: int, wide: torch.Tensor | None = No
     Chinese edit distance from 0.51 to 0.37 and left English as it was (research/reader/decode_dev.py).
     Narrow glyphs split so are merged by LOOKALIKE_NATS (`lookalike_nats`; 0: never). `letters` (vocab,) bool
     (`letter_tokens`): a run of one of them is read as two where the blank peaks inside it at `double_blank`
-    or more (DOUBLE_LETTER_BLANK; without `letters` or at 0: never)."""
-    probs = logits.float().softmax(-1)
+    or more (DOUBLE_LETTER_BLANK; without `letters` or at 0: never). `probs`: the logits' softmax, where the
+    caller has it already (it is half the time of a call)."""
+    probs = logits.float().softmax(-1) if probs is None else probs
     conf, best = probs.max(-1)  # (N, R, W)
     if letters is not None and double_blank > 0:
         best = split_doubles(probs[..., blank], best, blank, letters, double_blank)

@@ -225,11 +225,12 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         row that sees only half the glyphs made it unlike its neighbours: a line read twice)."""
         logits = self.frame_logits(pixel_values)
         blank, nats = self.config.text_config.pad_token_id, getattr(self.config, "lookalike_nats", LOOKALIKE_NATS)
-        rows = greedy_rows(logits, blank, wide, nats)
+        probs = logits.float().softmax(-1)  # decoded twice below: once
+        rows = greedy_rows(logits, blank, wide, nats, probs=probs)
         double_blank = getattr(self.config, "double_letter_blank", DOUBLE_LETTER_BLANK)
         if letters is None or double_blank <= 0:
             return [merge_rows(image_rows) for image_rows in rows]
-        split = greedy_rows(logits, blank, wide, nats, letters, double_blank)
+        split = greedy_rows(logits, blank, wide, nats, letters, double_blank, probs=probs)
         return [merge_rows(image_rows, split=image_split) for image_rows, image_split in zip(rows, split, strict=True)]
 
     def generate(self, *args, **kwargs):
