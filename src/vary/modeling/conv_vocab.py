@@ -19,6 +19,8 @@ grid -> pack `token_columns` cells -> (N, S/16 * S/32, C * token_columns) tokens
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from rapidfuzz.distance import Levenshtein
@@ -104,9 +106,10 @@ LOOKALIKE_NATS = 1.5
 # "beter"). Where the blank's probability peaks inside a run of one narrow letter or digit at this or more, the run
 # is read as two. Dev sets (research/reader/decode_dev.py --double-letter-blank; C7, 64 prose blocks a language,
 # read at the trained size): English ED 0.037 -> 0.031, Chinese 0.205 either way; at 0.02 0.030, 0.1 0.033, 0.2
-# 0.035 (0.05 over 0.02: within noise of it, with a higher bar for a split on unseen faces). Charts are read enlarged (their glyphs span
-# more frames, and noise inside a run peaks higher: 0.638 -> 0.597 English values with it), so they do not use it;
-# nor punctuation and box-drawing runs ("__", "──": Chinese ED 0.211 when those split too).
+# 0.035 (0.05 over 0.02: within noise of it, with a higher bar for a split on unseen faces). Charts are read
+# enlarged (their glyphs span more frames, and noise inside a run peaks higher: 0.638 -> 0.597 English values
+# with it), so they do not use it; nor do punctuation and box-drawing runs ("__", "──": Chinese ED 0.211 when
+# those split too).
 DOUBLE_LETTER_BLANK = 0.05
 
 
@@ -230,21 +233,22 @@ def wide_glyph(char: str) -> bool:
 
 def wide_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     """(vocab_size,) bool: the single-character tokens with a wide glyph (see greedy_rows)."""
-    wide = torch.zeros(vocab_size, dtype=torch.bool)
-    for token, i in tokenizer.get_vocab().items():
-        if i < vocab_size and len(token) == 1 and wide_glyph(token):
-            wide[i] = True
-    return wide
+    return _char_tokens(tokenizer, vocab_size, wide_glyph)
 
 
 def letter_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     """(vocab_size,) bool: the single-character tokens that are a letter or digit with a narrow glyph (see
     DOUBLE_LETTER_BLANK)."""
-    letters = torch.zeros(vocab_size, dtype=torch.bool)
+    return _char_tokens(tokenizer, vocab_size, lambda char: char.isalnum() and not wide_glyph(char))
+
+
+def _char_tokens(tokenizer, vocab_size: int, keep: Callable[[str], bool]) -> torch.Tensor:
+    """(vocab_size,) bool: the single-character tokens whose character `keep` accepts."""
+    marked = torch.zeros(vocab_size, dtype=torch.bool)
     for token, i in tokenizer.get_vocab().items():
-        if i < vocab_size and len(token) == 1 and token.isalnum() and not wide_glyph(token):
-            letters[i] = True
-    return letters
+        if i < vocab_size and len(token) == 1 and keep(token):
+            marked[i] = True
+    return marked
 
 
 def same_line(a: tuple, b: tuple, similar: float = 0.6,

@@ -257,24 +257,26 @@ class PreallocatedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         old = self.get_seq_length()
         new = old + key_states.shape[-2]
-        if not self._owns_states() or new > self._key_buffer.shape[-2]:
-            self._reallocate(key_states, value_states, max(new * 2, self.initial_capacity))
+        self._grow(new, key_states, value_states)
         self._key_buffer[:, :, old:new] = key_states
         self._value_buffer[:, :, old:new] = value_states
-        self.keys = self._key_buffer[:, :, :new]
-        self.values = self._value_buffer[:, :, :new]
+        self.set_length(new)
         return self.keys, self.values
 
     def reserve(self, length: int) -> tuple[Tensor, Tensor]:
         """The whole key and value buffers, grown to hold at least `length` tokens, for a writer that fills
         positions past the current length itself and then calls `set_length`."""
-        if not self._owns_states() or length > self._key_buffer.shape[-2]:
-            self._reallocate(self.keys, self.values, max(length * 2, self.initial_capacity))
+        self._grow(length, self.keys, self.values)
         return self._key_buffer, self._value_buffer
 
     def set_length(self, length: int) -> None:
         self.keys = self._key_buffer[:, :, :length]
         self.values = self._value_buffer[:, :, :length]
+
+    def _grow(self, length: int, like_keys: Tensor, like_values: Tensor) -> None:
+        """Own buffers with room for `length` tokens (`like_*`: batch, heads, head size and dtype to use)."""
+        if not self._owns_states() or length > self._key_buffer.shape[-2]:
+            self._reallocate(like_keys, like_values, max(length * 2, self.initial_capacity))
 
     def _owns_states(self) -> bool:
         """False when `keys` was replaced from outside (crop, beam reorder, batch select): rebuild the buffer."""
@@ -343,13 +345,13 @@ def lean_decoding_applies(language_model, inputs_embeds: Tensor, cache, attentio
     """Whether `qwen2_decode_step` can stand in for the transformers forward: a Qwen2 decoder with only
     full-attention layers, decoding one float32 token per row after a prefill into a PreallocatedCache, with no
     padding (an all-ones or absent mask), no labels and no extra outputs requested."""
-    if not isinstance(language_model, Qwen2ForCausalLM) or not isinstance(cache, PreallocatedCache):
+    if not isinstance(cache, PreallocatedCache):
         return False
     if inputs_embeds.shape[1] != 1 or inputs_embeds.dtype != torch.float32 or labels is not None:
         return False
     if not fast_path_supported(language_model, inputs_embeds) or any(kwargs.get(k) for k in _EXTRA_OUTPUTS):
         return False
-    if any(kind != "full_attention" for kind in language_model.config.layer_types):
+    if not _full_attention_qwen2(language_model):
         return False
     if cache.get_seq_length() == 0 or len(cache.layers) != language_model.config.num_hidden_layers:
         return False
@@ -466,10 +468,15 @@ def _fingerprint(language_model: nn.Module) -> tuple:
 
 def prepare_lean_decoding(language_model: nn.Module) -> None:
     """Build a Qwen2 decoder's step module now (~0.4 s for GOT-OCR2), not at its first decoded token."""
-    if isinstance(language_model, Qwen2ForCausalLM) and all(
-        kind == "full_attention" for kind in language_model.config.layer_types
-    ):
+    if _full_attention_qwen2(language_model):
         decode_step_module(language_model)
+
+
+def _full_attention_qwen2(language_model: nn.Module) -> bool:
+    """A Qwen2 decoder whose layers all attend to the whole cache: what the lean step computes."""
+    return isinstance(language_model, Qwen2ForCausalLM) and all(
+        kind == "full_attention" for kind in language_model.config.layer_types
+    )
 
 
 def decode_step_module(language_model: nn.Module) -> nn.Module:
