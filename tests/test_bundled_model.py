@@ -49,8 +49,8 @@ def test_the_bundled_model_reads_the_example_pages(name, ceiling):
 def test_the_bundled_model_reads_the_example_bar_chart_into_a_dict():
     answer = Pipeline.from_pretrained().run(EXAMPLES / "sample_chart.png", "chart")
     scores = chart_scores(answer, (EXAMPLES / "sample_chart.txt").read_text())
-    # measured 0.5 (2 of 4: two labels one letter off; held-out charts: 58% of the values)
-    assert scores["chart_parses"] == 1.0 and scores["chart_value_accuracy"] >= 0.25, answer
+    # measured 1.0 (4 of 4; 2 of 4 without the word list: two labels one letter off; held-out charts: 71%)
+    assert scores["chart_parses"] == 1.0 and scores["chart_value_accuracy"] >= 0.75, answer
 
 
 def test_the_main_job_names_the_bundled_model():

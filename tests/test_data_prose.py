@@ -6,12 +6,15 @@ from __future__ import annotations
 import random
 
 import pytest
+from typer.testing import CliRunner
 
 from conftest import EN_FORTUNES
+from vary.cli import app
 from vary.data import prose
 from vary.data.fonts import HELDOUT_FONTS, FontNotFoundError, find_fonts, font_covers
 from vary.data.generators.blocks import BlocksGenerator
 from vary.data.prose import ProseCorpus, ProseNotInstalledError, clean, load_passages, partition
+from vary.modeling.lexicon import Lexicon
 
 
 def test_clean_joins_lines_and_strips_colour_codes():
@@ -49,6 +52,16 @@ def test_prose_corpus_draws_only_from_its_split(packages):
             assert 1 <= len(words) <= 3 and all(w in joined for w in words)
 
 
+def test_the_lexicon_command_lists_the_training_passages_words(packages, tmp_path):
+    result = CliRunner().invoke(app, ["data", "lexicon", str(tmp_path / "lexicon.txt"), "--min-count", "2"])
+    assert result.exit_code == 0, result.output
+    counts = Lexicon.from_file(tmp_path / "lexicon.txt").counts
+    train = " ".join(load_passages("en", "train", *packages)).lower()
+    assert counts["fortune"] == train.count("fortune") and counts["the"] == train.count("the ")
+    assert "navigation" not in counts and "cat" not in counts  # pages' menus and pictures are no prose
+    assert all(n >= 2 for n in counts.values())
+
+
 def test_missing_package_names_the_apt_package(tmp_path, monkeypatch):
     monkeypatch.setattr(prose, "FORTUNES_DIR", tmp_path / "absent")
     load_passages.cache_clear()
@@ -56,6 +69,8 @@ def test_missing_package_names_the_apt_package(tmp_path, monkeypatch):
         ProseCorpus("zh")
     with pytest.raises(ProseNotInstalledError, match="install --no-install-recommends fortunes"):
         ProseCorpus("en")
+    result = CliRunner().invoke(app, ["data", "lexicon", str(tmp_path / "lexicon.txt")])
+    assert result.exit_code != 0 and "apt-get install" in result.output and "Traceback" not in result.output
     load_passages.cache_clear()
 
 

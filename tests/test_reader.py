@@ -15,6 +15,8 @@ from vary.data.generators.blocks import BlocksGenerator
 from vary.infer import pipeline as pipeline_module
 from vary.infer.pipeline import Pipeline
 from vary.modeling.conv_vocab import greedy_rows, letter_tokens, merge_rows, reading_loss, wide_tokens
+from vary.modeling.lexicon import Lexicon, LexiconReader
+from vary.modeling.loading import convert
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import train_char_tokenizer
 from vary.modeling.vary import VaryForCausalLM
@@ -231,8 +233,48 @@ def test_merge_rows_choose_lines_on_the_plain_reading_and_give_the_split_one():
     plain = [(1, [3, 4, 5, 6], 0.8), (2, [3, 4, 5, 6], 0.9), (3, [7, 8], 0.9)]
     split = [(1, [3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6], 0.8), (2, [3, 4, 4, 5, 6], 0.9), (3, [7, 8], 0.9)]
     assert merge_rows(split) == [[3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6], [3, 4, 4, 5, 6], [7, 8]]  # as two lines
-    assert merge_rows(plain, split=split) == [[3, 4, 4, 5, 6], [7, 8]]
+    assert merge_rows(plain, given=split) == [[3, 4, 4, 5, 6], [7, 8]]
     assert merge_rows(plain) == [[3, 4, 5, 6], [7, 8]]
+
+
+def test_read_lines_and_rows_give_the_words_the_lexicon_corrects(tokenizer, monkeypatch):
+    """The lines are chosen on the plain reading and given with their words corrected; read_rows too."""
+    model = VaryForCausalLM(tiny_reader(len(tokenizer))).eval()
+    vocab = tokenizer.get_vocab()
+    path = [0, vocab["q"], 0, vocab["u"], 0, vocab["i"], 0, vocab["c"], 0, vocab["x"], 0, 0]  # "quicx"
+    logits = one_hot_rows([path, [0] * len(path)], vocab=model.config.text_config.vocab_size)
+    logits[0, 0, 9, vocab["k"]] = 9.0  # 'k' close behind the 'x'
+    monkeypatch.setattr(model, "frame_logits", lambda pixels: logits)
+    lexicon = LexiconReader(Lexicon({"quick": 2}), tokenizer, model.config.text_config.vocab_size, nats=4.0)
+    pixels = torch.zeros(1, 3, 64, 64)
+    assert [tokenizer.decode(ids) for ids in model.read_lines(pixels)[0]] == ["quicx"]
+    letters = letter_tokens(tokenizer, model.config.text_config.vocab_size)
+    for lines in (model.read_lines(pixels, lexicon=lexicon)[0], model.read_lines(pixels, None, letters, lexicon)[0]):
+        assert [tokenizer.decode(ids) for ids in lines] == ["quick"]
+    assert [tokenizer.decode(ids) for _, ids, *_ in model.read_rows(pixels, lexicon=lexicon)[0]] == ["quick"]
+
+
+def test_the_pipeline_reads_with_the_word_list_of_the_model_folder(tokenizer, tmp_path, monkeypatch):
+    model = VaryForCausalLM(tiny_reader(len(tokenizer), ocr_reader="reading_head", lexicon_nats=6.0)).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert Pipeline.from_pretrained(tmp_path).lexicon_reader is None  # no lexicon.txt
+    Lexicon({"quick": 2, "brown": 2}).save(tmp_path / "lexicon.txt")
+    pipe = Pipeline.from_pretrained(tmp_path)
+    assert pipe.processor.lexicon.counts == {"quick": 2, "brown": 2} and pipe.lexicon_reader.nats == 6.0
+    seen = []
+    monkeypatch.setattr(
+        pipe.model, "read_lines", lambda pixels, wide, letters, lexicon: seen.append(lexicon) or [[[7]]]
+    )
+    pipe.ocr(Image.new("RGB", (64, 64), "white"))
+    assert seen == [pipe.lexicon_reader]
+    copy = convert(tmp_path, tmp_path / "copy")  # the word list travels with the model
+    assert (copy / "lexicon.txt").read_text() == (tmp_path / "lexicon.txt").read_text()
+    model.config.lexicon_nats = 0.0  # 0: never correct
+    model.save_pretrained(tmp_path)
+    assert Pipeline.from_pretrained(tmp_path).lexicon_reader is None
+    with pytest.raises(ValueError, match="lexicon_nats"):
+        tiny_reader(64, lexicon_nats=-1.0)
 
 
 def test_merge_rows_keeps_distinct_neighbours_and_drops_a_duplicate():
@@ -333,7 +375,7 @@ def test_pipeline_reads_a_bar_chart_with_the_head(reader_pipeline, monkeypatch):
     # title; y axis 0 / 50 ending at frame 6; values 42 and 7 over bars at frames 21 and 41; their labels
     rows = [row(0, "fox", 28), row(2, "50", 4), row(3, "42", 20), row(5, "7", 41), row(6, "0", 6),
             row(7, "ABC", 19), row(7, "dog", 39)]  # fmt: skip
-    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: [rows for _ in pixels])
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, *_: [rows for _ in pixels])
     image = Image.new("RGB", (64, 64), "white")
     assert pipe.reads_with_head("chart") and not pipe.reads_with_head("markdown")
     assert pipe.chart(image) == {"title": "fox", "data": {"ABC": 42, "dog": 7}}
@@ -343,7 +385,7 @@ def test_pipeline_reads_a_bar_chart_with_the_head(reader_pipeline, monkeypatch):
     # read at chart_read_scale x the input size (64 px here), frames and rows scaled back for the layout rules
     seen = []
     twice = [(2 * r, ids, conf, [2 * f for f in frames]) for r, ids, conf, frames in rows]
-    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: seen.append(pixels.shape) or [twice])
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, *_: seen.append(pixels.shape) or [twice])
     monkeypatch.setattr(pipe.model.config, "chart_read_scale", 2.0)
     assert pipe.chart(image) == {"title": "fox", "data": {"ABC": 42, "dog": 7}} and seen[-1][-2:] == (128, 128)
     frame_logits = pipe.model.frame_logits
@@ -353,7 +395,7 @@ def test_pipeline_reads_a_bar_chart_with_the_head(reader_pipeline, monkeypatch):
     # 3 x 64 px wide plus the white margins; a region around each value
     band = [(1, tok.encode("dog", add_special_tokens=False), 0.9, [57, 63, 69]),
             (1, tok.encode("fox", add_special_tokens=False), 0.9, [117, 123, 129])]  # fmt: skip
-    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, wide=None: seen.append(pixels.shape) or
+    monkeypatch.setattr(pipe.model, "read_rows", lambda pixels, *_: seen.append(pixels.shape) or
                         [band if pixels.shape[-1] == 224 else [] if pixels.shape[-2] != 128 else twice])  # fmt: skip
     monkeypatch.setattr(pipe.model.config, "chart_reread_scale", 3.0)
     del seen[:]
@@ -453,13 +495,13 @@ def test_trainer_logs_the_reading_loss_and_refuses_what_cannot_train_it(tmp_path
 def test_an_image_without_text_goes_to_the_decoder(reader_pipeline, monkeypatch):
     pipe = reader_pipeline
     image = Image.new("RGB", (64, 64), "white")
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None: [[] for _ in pixels])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, *_: [[] for _ in pixels])
     calls = []
     generate = pipe._generate
     monkeypatch.setattr(pipe, "_generate", lambda *a, **k: calls.append(a) or generate(*a, **k))
     result = pipe.ocr(image)
     assert len(calls) == 1 and 1 <= result.num_tokens <= 4  # generated, within max_new_tokens
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None: [[[7, 8]] for _ in pixels])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, *_: [[[7, 8]] for _ in pixels])
     assert pipe.ocr(image).text == pipe.processor.tokenizer.decode([7, 8]) and len(calls) == 1
 
 
@@ -517,10 +559,10 @@ def test_only_a_short_head_reading_is_asked_whether_it_is_a_photograph(photo_pip
     letter = pipe.processor.tokenizer.convert_tokens_to_ids("a")
     for n, photo in ((2, True), (Pipeline.PHOTO_MAX_CHARS, False)):
         lines = [[letter] * n]  # one line of n letters
-        monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None, lines=lines: [lines])
+        monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, *_, lines=lines: [lines])
         assert (pipe.ocr(image).text in NATURE_SENTENCES) is photo
     pipe.model.config.photo_nll_threshold = None  # no gate: the head's two stray letters stand
-    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, wide=None, letters=None: [[[letter] * 2]])
+    monkeypatch.setattr(pipe.model, "read_lines", lambda pixels, *_: [[[letter] * 2]])
     assert pipe.ocr(image).text == "aa"
     with pytest.raises(ValueError, match="photo_nll_threshold is for ocr_reader='reading_head'"):
         tiny_reader(64, photo_nll_threshold=1.0)

@@ -275,6 +275,7 @@ def test_continuing_on_new_characters_extends_the_char_tokenizer(tmp_path, shard
                          train={"max_steps": 1})  # fmt: skip
     Trainer(load_recipe(first), progress=False).train()
     old = load_tokenizer(tmp_path / "a" / "model")
+    (tmp_path / "a" / "model" / "lexicon.txt").write_text("title 3\n", encoding="utf-8")  # a word list
     charts = tmp_path / "charts"  # targets with characters the page texts never use
     charts.mkdir()
     writer = ShardWriter(charts / "charts-en-00000.tar")
@@ -287,6 +288,7 @@ def test_continuing_on_new_characters_extends_the_char_tokenizer(tmp_path, shard
     trainer = Trainer(load_recipe(second), progress=False)
     trainer.train()
     new = load_tokenizer(tmp_path / "b" / "model")
+    assert (tmp_path / "b" / "model" / "lexicon.txt").read_text(encoding="utf-8") == "title 3\n"  # kept with it
     added = sorted(set(new.get_vocab()) - set(old.get_vocab()))
     assert {"{", "}", "[", "]", "'"} <= set(added)
     assert all(new.convert_tokens_to_ids(t) == i for t, i in old.get_vocab().items())  # old ids keep their rows

@@ -101,7 +101,7 @@ def main(model: str, folders: list[str], limit: int = 64, lookalike_nats: tuple[
                 if "double_blank" in options:
                     rows = greedy_rows(probs.log()[None], blank, cjk_ids, model_nats)[0]
                     split = greedy_rows(probs.log()[None], blank, cjk_ids, model_nats, letters, options["double_blank"])
-                    lines = merge_rows(rows, split=split[0])
+                    lines = merge_rows(rows, given=split[0])
                 elif "lookalike_nats" in options:
                     lines = merge_rows(greedy_rows(probs.log()[None], blank, cjk_ids, options["lookalike_nats"])[0])
                 else:

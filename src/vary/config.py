@@ -96,6 +96,11 @@ class VaryConfig(PreTrainedConfig):
     # read as two where the blank's probability peaks inside it at this or more (double letters read once:
     # vary.modeling.conv_vocab.DOUBLE_LETTER_BLANK, chosen on the dev sets); 0: never.
     double_letter_blank: float = 0.05
+    # With a reading head and a word list in the model folder (lexicon.txt): a word read that is not listed is
+    # replaced by the listed word one edit away that its frames spell likeliest, when that costs under this many
+    # nats more than the reading (vary.modeling.lexicon; dev sets, English prose ED / chart values: 0 0.031 / 0.638,
+    # 4 0.023 / 0.704, 8 0.022 / 0.707, 16 0.023, 1000 0.023 / 0.710); 0: never.
+    lexicon_nats: float = 8.0
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None and "clip_config" not in kwargs:
@@ -151,6 +156,8 @@ class VaryConfig(PreTrainedConfig):
                              f"{self.chart_reread_scale}")  # fmt: skip
         if self.lookalike_nats < 0:
             raise ValueError(f"lookalike_nats must be >= 0 (0: never merge), got {self.lookalike_nats}")
+        if self.lexicon_nats < 0:
+            raise ValueError(f"lexicon_nats must be >= 0 (0: never correct), got {self.lexicon_nats}")
         if not 0 <= self.double_letter_blank < 1:
             raise ValueError(f"double_letter_blank must be in [0, 1) (0: never split), got {self.double_letter_blank}")
         if self.vision_encoder == "conv":

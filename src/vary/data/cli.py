@@ -165,3 +165,21 @@ def stats_command(
             typer.echo(f"  {err}")
         if stats["verify"]["bad_shards"] or stats["verify"]["corrupt"]:
             raise typer.Exit(1)
+
+
+@app.command("lexicon")
+def lexicon_command(
+    out: Path = typer.Argument(..., help="file to write (lexicon.txt in a model folder is read with the model)"),
+    min_count: int = typer.Option(2, "--min-count", min=1, help="words seen fewer times are left out"),
+) -> None:
+    """Write the English word list a reading head corrects its words with, from the training partition of the
+    real prose (never its held-out passages): one `word count` line per word (vary.modeling.lexicon)."""
+    from vary.data.prose import ProseCorpus, ProseNotInstalledError
+    from vary.modeling.lexicon import Lexicon
+
+    try:
+        lexicon = Lexicon.from_texts(ProseCorpus("en", "train").passages, min_count)
+    except (ProseNotInstalledError, ValueError) as err:
+        fail(err)
+    lexicon.save(out)
+    typer.echo(f"wrote {out}: {len(lexicon)} words")

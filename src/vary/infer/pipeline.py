@@ -47,6 +47,7 @@ from vary.infer.generation import (
 from vary.infer.tasks import Task
 from vary.modeling.conv_vocab import COLUMN_STRIDE, ROW_STRIDE, letter_tokens, wide_tokens
 from vary.modeling.hub import model_name
+from vary.modeling.lexicon import LexiconReader
 from vary.modeling.loading import load
 from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
 from vary.modeling.quantize import cpu_has_native_bf16, is_quantized
@@ -336,7 +337,7 @@ class Pipeline:
         box = (left * frame / size, top * ROW_STRIDE / size, right * frame / size, bottom * ROW_STRIDE / size)
         pixels, scale = self.processor.region_tensor(image, box, scale)
         with self._lock, torch.inference_mode():
-            rows = self.model.read_rows(pixels[None].to(self.device), self.wide_tokens)[0]
+            rows = self.model.read_rows(pixels[None].to(self.device), self.wide_tokens, self.lexicon_reader)[0]
         return rows, scale, left - ROW_STRIDE / scale / frame  # the margin: ROW_STRIDE px at `scale`
 
     def read(self, images: list[ImageInput], crop: bool | None = None, max_tiles: int | None = None,
@@ -368,7 +369,7 @@ class Pipeline:
                 pixels = self.processor.image_tensor(image, scale)[None]
             if task == "chart":  # read without splitting double letters: see conv_vocab.DOUBLE_LETTER_BLANK
                 with self._lock, torch.inference_mode():
-                    rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens)[0]
+                    rows = self.model.read_rows(pixels.to(self.device), self.wide_tokens, self.lexicon_reader)[0]
                 reread = {"read_region": functools.partial(self.read_region, image), "reread_scale": reread_scale}
                 frames, grid_rows = size * self.model.config.reading_frames / COLUMN_STRIDE, size / ROW_STRIDE
                 bars = [bar.scaled(frames, grid_rows) for bar in find_bars(image)]
@@ -377,7 +378,9 @@ class Pipeline:
                 results.append(Result(answer, "chart", False, len(tok.encode(answer, add_special_tokens=False))))
                 continue
             with self._lock, torch.inference_mode():
-                lines = self.model.read_lines(pixels.to(self.device), self.wide_tokens, self.letter_tokens)[0]
+                lines = self.model.read_lines(
+                    pixels.to(self.device), self.wide_tokens, self.letter_tokens, self.lexicon_reader
+                )[0]
             text = "\n".join(decode(ids).strip() for ids in lines)
             results.append(Result(text, "ocr", False, sum(len(ids) for ids in lines)))
         if task == "chart":
@@ -404,6 +407,15 @@ class Pipeline:
     def letter_tokens(self) -> torch.Tensor:
         """The narrow letters and digits: a run of one is read as two where the blank peaks inside it."""
         return letter_tokens(self.processor.tokenizer, self.model.config.text_config.vocab_size).to(self.device)
+
+    @functools.cached_property
+    def lexicon_reader(self) -> LexiconReader | None:
+        """The model folder's word list bound to the tokenizer, when it has one and config.lexicon_nats > 0."""
+        nats = getattr(self.model.config, "lexicon_nats", 0.0)
+        if self.processor.lexicon is None or nats <= 0:
+            return None
+        return LexiconReader(self.processor.lexicon, self.processor.tokenizer, self.model.config.text_config.vocab_size,
+                             nats)  # fmt: skip
 
     def photo_answers(self, images: list[ImageInput]) -> list[str | None]:
         """Per image, the nature sentence it is answered with when it is a photograph, else None: the sentence the

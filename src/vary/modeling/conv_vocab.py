@@ -265,12 +265,13 @@ def same_line(a: tuple, b: tuple, similar: float = 0.6,
 
 
 def merge_rows(rows: list[tuple], similar: float = 0.6, contained: float = 0.4, *,
-               split: list[tuple] | None = None) -> list[list[int]]:  # fmt: skip
+               given: list[tuple] | None = None) -> list[list[int]]:  # fmt: skip
     """One id list per text line. Training gives a line to every row its glyphs span, so a line is read by one
     to three neighbouring rows: of neighbouring rows that read the same line (same_line), keep the most
     confident. Neighbouring rows that read different text are two lines (dense type puts consecutive lines on
-    consecutive rows), and real prose never repeats a line that closely. `split`: the same rows read with double
-    letters split (greedy_rows with `letters`); the lines are chosen on `rows` and given as read there."""
+    consecutive rows), and real prose never repeats a line that closely. `given`: the same rows read otherwise
+    (double letters split: greedy_rows with `letters`; words corrected: vary.modeling.lexicon); the lines are
+    chosen on `rows` and given as read there."""
     lines: list[tuple] = []
     last_row = -2  # the last row merged into lines[-1] (a tall line spans several rows)
     for row in rows:
@@ -280,5 +281,5 @@ def merge_rows(rows: list[tuple], similar: float = 0.6, contained: float = 0.4, 
         else:
             lines.append(row)
         last_row = row[0]
-    split_ids = {row[0]: row[1] for row in split or ()}
-    return [split_ids.get(line[0], line[1]) for line in lines]
+    given_ids = {row[0]: row[1] for row in given or ()}
+    return [given_ids.get(line[0], line[1]) for line in lines]

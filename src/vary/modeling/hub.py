@@ -21,12 +21,12 @@ from vary.assets import bundled_model_name
 
 # What the loaders read: config + generation config, weights (single or sharded, safetensors or .bin) and every
 # tokenizer format in use (GPT-2 BPE for OPT, qwen.tiktoken for Qwen v1 / GOT, tokenizer.json for ours and the
-# transformers GOT port) plus the transformers processor files of GOT-OCR-2.0-hf.
+# transformers GOT port) plus the transformers processor files of GOT-OCR-2.0-hf, and a reading head's word list.
 MODEL_FILES = [
     "config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
     "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "qwen.tiktoken", "chat_template.json", "chat_template.jinja",
+    "vocab.json", "merges.txt", "qwen.tiktoken", "chat_template.json", "chat_template.jinja", "lexicon.txt",
 ]  # fmt: skip
 NEVER_DOWNLOAD = ["*.py"]  # remote code: a second guard in case a weight pattern ever matched a script
 

@@ -13,13 +13,14 @@ import torch
 from vary.modeling.got import export_hf_got, is_hf_got, load_hf_got
 from vary.modeling.hub import loader_defaults, resolve_model
 from vary.modeling.lazy_weights import load_float
+from vary.modeling.lexicon import LEXICON_FILE, Lexicon
 from vary.modeling.official import CheckpointError, load_official, official_family, read_config
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import load_tokenizer
 from vary.modeling.vary import VaryForCausalLM
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "qwen.tiktoken", "vocab.json", "merges.txt",
-                   "added_tokens.json", "special_tokens_map.json")  # fmt: skip
+                   "added_tokens.json", "special_tokens_map.json", LEXICON_FILE)  # fmt: skip
 
 
 def locate(spec: str | Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
@@ -90,7 +91,8 @@ def load(
     c = model.config
     ids = {"<img>": c.image_start_token_id, "</img>": c.image_end_token_id, "<imgpad>": c.image_patch_token_id}
     tokenizer = load_tokenizer(path, image_token_ids=ids)
-    return model, VaryProcessor(c, tokenizer)
+    lexicon = Lexicon.from_file(path / LEXICON_FILE) if (path / LEXICON_FILE).is_file() else None
+    return model, VaryProcessor(c, tokenizer, lexicon=lexicon)
 
 
 CONVERT_FORMATS = ("vary", "hf")

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vary.config import VaryConfig
 from vary.modeling.conv_vocab import ROW_STRIDE
+from vary.modeling.lexicon import Lexicon
 from vary.prompts import get_prompt_style
 from vary.templates import get_template
 
@@ -159,6 +160,7 @@ class VaryProcessor:
     config: VaryConfig
     tokenizer: object  # a transformers tokenizer holding the image tokens
     max_pixels: int = DEFAULT_MAX_PIXELS
+    lexicon: Lexicon | None = None  # the model folder's word list, for a reading head (vary.modeling.lexicon)
 
     # --- images ---
     def image_tensor(self, image: ImageInput, scale: float = 1) -> torch.Tensor:

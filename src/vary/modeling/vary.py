@@ -22,6 +22,7 @@ from vary.modeling.conv_vocab import (
     merge_rows,
     reading_loss,
 )
+from vary.modeling.lexicon import LexiconReader
 from vary.modeling.vision_vocab import VisionVocabulary, trainable
 
 
@@ -209,29 +210,47 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
         return self.reading_logits(self.vision_vocab.grid(pixel_values.to(self.projector_vary.weight.dtype)))
 
     @torch.no_grad()
-    def read_rows(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None) -> list[list[tuple]]:
+    def read_rows(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None,
+                  lexicon: LexiconReader | None = None) -> list[list[tuple]]:  # fmt: skip
         """Read each image with the reading head alone: per image, (row, token ids, confidence, start frames)
         of every grid row that reads something (conv_vocab.greedy_rows; `wide`: conv_vocab.wide_tokens; touching
-        look-alikes merged at config.lookalike_nats)."""
+        look-alikes merged at config.lookalike_nats); with `lexicon`, misread words put right
+        (vary.modeling.lexicon)."""
         nats = getattr(self.config, "lookalike_nats", LOOKALIKE_NATS)
-        return greedy_rows(self.frame_logits(pixel_values), self.config.text_config.pad_token_id, wide, nats)
+        logits = self.frame_logits(pixel_values)
+        probs = logits.float().softmax(-1)
+        rows = greedy_rows(logits, self.config.text_config.pad_token_id, wide, nats, probs=probs)
+        return self._corrected(rows, probs, lexicon)
 
     @torch.no_grad()
     def read_lines(self, pixel_values: torch.Tensor, wide: torch.Tensor | None = None,
-                   letters: torch.Tensor | None = None) -> list[list[list[int]]]:  # fmt: skip
+                   letters: torch.Tensor | None = None,
+                   lexicon: LexiconReader | None = None) -> list[list[list[int]]]:  # fmt: skip
         """read_rows, then per image one token-id list per text line, top to bottom (conv_vocab.merge_rows).
         With `letters` (conv_vocab.letter_tokens) each line is given with its double letters split at
         config.double_letter_blank; the lines are still chosen on the reading without the splits (a split in a
-        row that sees only half the glyphs made it unlike its neighbours: a line read twice)."""
-        logits = self.frame_logits(pixel_values)
+        row that sees only half the glyphs made it unlike its neighbours: a line read twice), and so without
+        the `lexicon`'s corrections, which are made to the lines as given."""
         blank, nats = self.config.text_config.pad_token_id, getattr(self.config, "lookalike_nats", LOOKALIKE_NATS)
+        logits = self.frame_logits(pixel_values)
         probs = logits.float().softmax(-1)  # decoded twice below: once
         rows = greedy_rows(logits, blank, wide, nats, probs=probs)
         double_blank = getattr(self.config, "double_letter_blank", DOUBLE_LETTER_BLANK)
-        if letters is None or double_blank <= 0:
+        if letters is not None and double_blank > 0:
+            given = greedy_rows(logits, blank, wide, nats, letters, double_blank, probs=probs)
+        elif lexicon is not None:
+            given = rows
+        else:
             return [merge_rows(image_rows) for image_rows in rows]
-        split = greedy_rows(logits, blank, wide, nats, letters, double_blank, probs=probs)
-        return [merge_rows(image_rows, split=image_split) for image_rows, image_split in zip(rows, split, strict=True)]
+        given = self._corrected(given, probs, lexicon)
+        return [merge_rows(image_rows, given=image_given) for image_rows, image_given in zip(rows, given, strict=True)]
+
+    def _corrected(self, rows: list[list[tuple]], probs: torch.Tensor, lexicon: LexiconReader | None) -> list:
+        if lexicon is None:
+            return rows
+        blank = self.config.text_config.pad_token_id
+        return [lexicon.correct_rows(image_rows, image_probs, blank)
+                for image_rows, image_probs in zip(rows, probs, strict=True)]  # fmt: skip
 
     def generate(self, *args, **kwargs):
         if self.vision_vocab.fast_cpu and self.device.type == "cpu":

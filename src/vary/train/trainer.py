@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from transformers import get_scheduler
 from vary.config import PRESETS
 from vary.data.augment import augment_document
 from vary.data.dataset import Collator, DataError, MixtureSampler, VaryTrainDataset, open_source
+from vary.modeling.lexicon import LEXICON_FILE
 from vary.modeling.processor import VaryProcessor
 from vary.modeling.tokenizer import check_image_tokens, extend_char_tokenizer, load_tokenizer
 from vary.train.accelerate_setup import configure_sharding, make_accelerator, whole_model_init
@@ -359,6 +361,9 @@ class Trainer:
         if self.main:
             self.accelerator.unwrap_model(self.model).save_pretrained(folder, state_dict=state_dict)
             self.tokenizer.save_pretrained(folder)
+            source = tokenizer_folder(self.recipe)  # a reading head's word list stays with its tokenizer
+            if source is not None and (source / LEXICON_FILE).is_file():
+                shutil.copy2(source / LEXICON_FILE, folder / LEXICON_FILE)
         self.accelerator.wait_for_everyone()
         return folder
 

@@ -1,0 +1,106 @@
+"""The reading head's word list (vary.modeling.lexicon): misread words put right only where the frames agree."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vary.modeling.lexicon import Lexicon, LexiconReader, case_forms, ctc_nll
+
+BLANK = 0
+CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,"
+
+
+class CharTokenizer:
+    """The single-character vocabulary of a reading head: the blank (pad) first."""
+
+    def get_vocab(self) -> dict[str, int]:
+        return {"<pad>": BLANK, **{c: i + 1 for i, c in enumerate(CHARS)}}
+
+
+VOCAB = CharTokenizer().get_vocab()
+
+
+def frames_for(text: str, unsure: dict[int, tuple[str, float]] | None = None) -> torch.Tensor:
+    """(T, V) probabilities of a row reading `text`: each glyph one frame (0.9 sure), a blank frame before and
+    between glyphs. `unsure[k] = (other, p)`: glyph k's frame gives `other` probability p, taken from the glyph."""
+    unsure = unsure or {}
+    rows = []
+    for k, c in enumerate(text):
+        rows.append({BLANK: 0.95})
+        glyph = {VOCAB[c]: 0.9}
+        if k in unsure:
+            other, p = unsure[k]
+            glyph = {VOCAB[c]: 0.9 - p, VOCAB[other]: p}
+        rows.append(glyph)
+    rows.append({BLANK: 0.95})
+    probs = torch.full((len(rows), len(VOCAB)), 1e-4)
+    for f, frame in enumerate(rows):
+        for i, p in frame.items():
+            probs[f, i] = p
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def row_reading(text: str, probs: torch.Tensor) -> tuple:
+    """greedy_rows' tuple for a row read as `text` from frames_for's layout (glyph k at frame 2k + 1)."""
+    return (3, [VOCAB[c] for c in text], 0.9, [2 * k + 1 for k in range(len(text))])
+
+
+@pytest.fixture()
+def reader() -> LexiconReader:
+    lexicon = Lexicon.from_texts(["The system follows the system. Programs follow programs. Go to it."], min_count=1)
+    return LexiconReader(lexicon, CharTokenizer(), len(VOCAB), nats=2.0)
+
+
+def test_lexicon_counts_words_and_round_trips_through_its_file(tmp_path):
+    lexicon = Lexicon.from_texts(["The cat, the dog.", "THE cat sat; a typo: teh"], min_count=2)
+    assert lexicon.counts == {"the": 3, "cat": 2}
+    assert "The" in lexicon and "CAT" in lexicon and "dog" not in lexicon
+    again = Lexicon.from_file(lexicon.save(tmp_path / "lexicon.txt"))
+    assert again.counts == lexicon.counts
+    assert sorted(Lexicon({"system": 2, "systems": 1, "stem": 1}).neighbours("Systen")) == ["system"]
+    assert case_forms("word") == ["word", "Word", "WORD"]
+
+
+def test_ctc_nll_prefers_the_spelling_the_frames_show():
+    probs = frames_for("cat", {1: ("o", 0.3)})
+    cat, cot, dog = ctc_nll(probs, [[VOCAB[c] for c in w] for w in ("cat", "cot", "dog")], BLANK).tolist()
+    assert cat < cot < dog
+    assert cot - cat == pytest.approx(math.log(0.6 / 0.3), abs=0.05)  # the one frame that differs
+    too_long = ctc_nll(frames_for("a"), [[VOCAB["a"]] * 3], BLANK)  # a, blank, a, blank, a: 5 frames of 3
+    assert math.isinf(float(too_long[0]))
+
+
+def test_an_unlisted_word_becomes_the_listed_one_its_frames_nearly_spell(reader):
+    probs = frames_for("Systen", {5: ("m", 0.3)})  # 'n' read, 'm' close behind
+    row = reader.correct_row(row_reading("Systen", probs), probs, BLANK)
+    assert "".join(CHARS[i - 1] for i in row[1]) == "System"
+    assert row[0] == 3 and row[2] == 0.9 and row[3] == [1, 3, 5, 7, 9, 11]
+    two = frames_for("Systan", {4: ("e", 0.3), 5: ("m", 0.3)})  # two letters off: from TWO_EDITS_FROM letters
+    assert "".join(CHARS[i - 1] for i in reader.correct_row(row_reading("Systan", two), two, BLANK)[1]) == "System"
+    short = frames_for("Thw", {2: ("e", 0.4)})  # three letters: one edit
+    assert "".join(CHARS[i - 1] for i in reader.correct_row(row_reading("Thw", short), short, BLANK)[1]) == "The"
+    two_short = frames_for("Tow", {1: ("h", 0.4), 2: ("e", 0.4)})
+    assert reader.correct_row(row_reading("Tow", two_short), two_short, BLANK)[1] == row_reading("Tow", two_short)[1]
+
+
+def test_a_word_stays_as_read_where_the_frames_disagree_or_it_is_listed_or_short(reader):
+    sure = frames_for("Systen")  # 'm' at 1e-4 on the frame: log(0.9 / 1e-4) = 9 nats > 2
+    assert reader.correct_row(row_reading("Systen", sure), sure, BLANK)[1] == row_reading("Systen", sure)[1]
+    listed = frames_for("system", {5: ("s", 0.3)})
+    assert reader.correct_row(row_reading("system", listed), listed, BLANK)[1] == row_reading("system", listed)[1]
+    short = frames_for("Tp", {1: ("o", 0.4)})  # under MIN_LENGTH letters ("To" with 2)
+    assert reader.correct_row(row_reading("Tp", short), short, BLANK)[1] == row_reading("Tp", short)[1]
+    reader.min_length = 2
+    assert reader.correct_row(row_reading("Tp", short), short, BLANK)[1] == row_reading("To", short)[1]
+
+
+def test_a_stray_letter_goes_and_the_words_around_it_keep_their_frames(reader):
+    text = "Programns now"  # a stray 'n', its frame nearly blank
+    probs = frames_for(text, {7: ("<pad>", 0.35)})
+    row = reader.correct_row(row_reading(text, probs), probs, BLANK)
+    assert "".join(CHARS[i - 1] for i in row[1]) == "Programs now"
+    assert row[3][:8] == [1, 3, 6, 8, 10, 12, 15, 17]  # 8 glyphs spread over the 9 read's frames 1 to 17
+    assert row[3][8:] == [19, 21, 23, 25]  # " now" as read
