@@ -22,7 +22,16 @@ from vary.data.prose import load_passages
 from vary.data.sample import SkipSample
 from vary.eval.metrics import chart_scores
 from vary.infer.chart_bars import Bar
-from vary.infer.chart_reading import TextItem, chart_from_items, line_items, read_chart, row_items
+from vary.infer.chart_reading import (
+    TextItem,
+    assign_labels,
+    axis_marks_dropped,
+    chart_from_items,
+    free_cuts,
+    line_items,
+    read_chart,
+    row_items,
+)
 from vary.modeling.conv_vocab import greedy_rows, wide_tokens
 from vary.modeling.tokenizer import train_char_tokenizer
 from vary.prompts import CHART_ANSWER_PREFIX
@@ -137,7 +146,7 @@ def test_a_number_read_with_a_space_or_a_letter_for_a_digit_is_still_a_number():
 
 
 def test_layout_rules_on_a_hand_made_reading():
-    tok = train_char_tokenizer(["Sales 0123456789 Green tea Coffee"] * 3, vocab_size=64)
+    tok = train_char_tokenizer(["Sales 0123456789 Green tea Coffee ─"] * 3, vocab_size=64)
     decode = functools.partial(tok.decode, skip_special_tokens=True)
 
     def row(r, text, frames):
@@ -166,8 +175,42 @@ def test_layout_rules_on_a_hand_made_reading():
     # the labels apart, on neighbouring rows (one has descenders, the other not)
     apart = [*rows[:-1], row(21, "Green tea", spaced(10, 9)), row(22, "Coffee", spaced(43, 6, step=2))]
     assert chart_from_items(row_items(apart, decode), decode)["data"] == {"Green tea": 42, "Coffee": 97}
+    # a row reads a line in two pieces (a gap before "Coffee"), the next row surer and in one: one piece stays
+    pieces = [row(21, "Green tea", spaced(10, 9, step=2)), row(21, "Coffee", spaced(40, 6, step=2))]
+    pieces = [(*p[:2], 0.6, p[3]) for p in pieces]
+    whole = row(22, "Green teaCoffee", spaced(10, 9, step=2) + spaced(30, 6, step=2))  # 0.9
+    assert [(i.text, i.rows) for i in row_items([*pieces, whole], decode)] == [("Green teaCoffee", (21, 22))]
+    less_sure = (*whole[:2], 0.5, whole[3])  # the pieces are surer: both stay
+    assert [i.text for i in row_items([*pieces, less_sure], decode)] == ["Green tea", "Coffee"]
+    # the axis read as "─" beside a label: dropped, so the row that saw the label's top and the axis is still
+    # the same line as the surer one that read the label
+    top = (30, tok.encode("an─", add_special_tokens=False), 0.6, [60, 62.4, 64.8])
+    assert [i.text for i in row_items([top, row(31, "Can", [58, 59.8, 61.6])], decode)] == ["Can"]
+    assert axis_marks_dropped(list("─A──b1─")) == [1, 4, 5, 6]  # beside Latin letters only, not digits
+    assert axis_marks_dropped(list("春──风")) == [0, 1, 2, 3]  # Chinese prose's dash, a lone one, a misread digit
+    assert axis_marks_dropped(["─"]) == [0] and axis_marks_dropped(list("2─")) == [0, 1]
     assert chart_from_items([], decode) == {"title": "", "data": {}}
     assert chart_from_items(row_items([row(1, "Sales", spaced(30, 5))], decode), decode) == {"title": "", "data": {}}
+
+
+def test_labels_are_cut_after_a_space_read_or_where_a_capital_follows_a_lowercase_letter():
+    # "Declared This same" under two bars, a glyph every 2 frames: by the centres alone (8.5 and 29) the cut
+    # after "Declared T" fits best; the space read between the two labels is a free cut and wins, and so is
+    # "d" before "T" where the two labels touch
+    text = "Declared This same"
+    chars = [(2.0 * k, ord(c), False) for k, c in enumerate(text)]
+
+    def labels(chars):
+        return ["".join(map(chr, run)).strip() for run in assign_labels(chars, [8.5, 29.0])]
+
+    assert labels(chars) == ["Declared T", "his same"]
+    free = [(frame, c, free) for (frame, c, _), free in zip(chars, free_cuts(list(text)), strict=True)]
+    assert labels(free) == ["Declared", "This same"]
+    touching = [(2.0 * k, ord(c), False) for k, c in enumerate("DeclaredThis same")]  # no space read
+    assert ["".join(map(chr, run)) for run in assign_labels(touching, [7.5, 26.0])] != ["Declared", "This same"]
+    touching = [(f, c, free) for (f, c, _), free in zip(touching, free_cuts(list("DeclaredThis same")), strict=True)]
+    assert [chr(c) for _, c, free in touching if free] == ["d", " "]  # a lowercase letter before a capital, a space
+    assert ["".join(map(chr, run)) for run in assign_labels(touching, [7.5, 26.0])] == ["Declared", "This same"]
 
 
 def test_labels_and_values_read_again_replace_the_whole_readings():
