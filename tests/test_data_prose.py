@@ -60,6 +60,14 @@ def test_the_lexicon_command_lists_the_training_passages_words(packages, tmp_pat
     assert counts["fortune"] == train.count("fortune") and counts["the"] == train.count("the ")
     assert "navigation" not in counts and "cat" not in counts  # pages' menus and pictures are no prose
     assert all(n >= 2 for n in counts.values())
+    # from the user's own documents instead
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Invoice total. Invoice date, invoice number; TOTAL due.", encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "lexicon", str(tmp_path / "own.txt"), "--text", str(doc)])
+    assert result.exit_code == 0, result.output
+    assert Lexicon.from_file(tmp_path / "own.txt").counts == {"invoice": 3, "total": 2}
+    result = CliRunner().invoke(app, ["data", "lexicon", str(tmp_path / "x.txt"), "--text", str(tmp_path / "no.txt")])
+    assert result.exit_code == 2 and "no.txt" in result.output and "Traceback" not in result.output
 
 
 def test_missing_package_names_the_apt_package(tmp_path, monkeypatch):

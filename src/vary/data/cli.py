@@ -170,16 +170,28 @@ def stats_command(
 @app.command("lexicon")
 def lexicon_command(
     out: Path = typer.Argument(..., help="file to write (lexicon.txt in a model folder is read with the model)"),
+    text: list[Path] = typer.Option(
+        None,
+        "--text",
+        help="plain-text files to take the words from (repeatable); default: the training partition of the real prose",
+    ),
     min_count: int = typer.Option(2, "--min-count", min=1, help="words seen fewer times are left out"),
 ) -> None:
-    """Write the English word list a reading head corrects its words with, from the training partition of the
-    real prose (never its held-out passages): one `word count` line per word (vary.modeling.lexicon)."""
+    """Write the English word list a reading head corrects its words with: one `word count` line per word
+    (vary.modeling.lexicon), from your documents' text or from the real prose's training partition (never its
+    held-out passages)."""
     from vary.data.prose import ProseCorpus, ProseNotInstalledError
     from vary.modeling.lexicon import Lexicon
 
     try:
-        lexicon = Lexicon.from_texts(ProseCorpus("en", "train").passages, min_count)
-    except (ProseNotInstalledError, ValueError) as err:
+        if text:
+            texts = [path.read_text(encoding="utf-8", errors="replace") for path in text]
+        else:
+            texts = ProseCorpus("en", "train").passages
+    except (OSError, ProseNotInstalledError, ValueError) as err:
         fail(err)
+    lexicon = Lexicon.from_texts(texts, min_count)
+    if not len(lexicon):
+        fail(f"no English word is used {min_count} times or more in the text given: nothing to write")
     lexicon.save(out)
     typer.echo(f"wrote {out}: {len(lexicon)} words")
