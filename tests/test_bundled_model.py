@@ -39,7 +39,7 @@ def test_the_package_ships_a_small_float16_model_with_its_card():
         assert section in card
 
 
-@pytest.mark.parametrize("name, ceiling", [("sample_page", 0.05), ("sample_page_zh", 0.25)])  # measured 0.000, 0.195
+@pytest.mark.parametrize("name, ceiling", [("sample_page", 0.05), ("sample_page_zh", 0.25)])  # measured 0.000, 0.171
 def test_the_bundled_model_reads_the_example_pages(name, ceiling):
     pipe = Pipeline.from_pretrained()
     text = pipe.ocr(EXAMPLES / f"{name}.png").text

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vary.modeling.char_bigrams import CharBigrams, ChineseReranker
 from vary.modeling.lexicon import Lexicon, LexiconReader, case_forms, ctc_nll
 
 BLANK = 0
@@ -104,3 +105,56 @@ def test_a_stray_letter_goes_and_the_words_around_it_keep_their_frames(reader):
     assert "".join(CHARS[i - 1] for i in row[1]) == "Programs now"
     assert row[3][:8] == [1, 3, 6, 8, 10, 12, 15, 17]  # 8 glyphs spread over the 9 read's frames 1 to 17
     assert row[3][8:] == [19, 21, 23, 25]  # " now" as read
+
+
+# --- Chinese: the head's candidates re-ranked by character bigrams (vary.modeling.char_bigrams) -----------------
+class CJKTokenizer:
+    def get_vocab(self) -> dict[str, int]:
+        return {"<pad>": BLANK, **{c: i + 1 for i, c in enumerate("中国人民天下大学猫a")}}
+
+
+def cjk_frames(glyphs: list[dict[str, float]]) -> torch.Tensor:
+    """(T, V): a blank frame, then each glyph's frame with its candidates' probabilities, then a blank."""
+    vocab = CJKTokenizer().get_vocab()
+    probs = torch.full((2 * len(glyphs) + 1, len(vocab)), 1e-4)
+    probs[0::2, BLANK] = 0.95
+    for k, glyph in enumerate(glyphs):
+        for c, p in glyph.items():
+            probs[2 * k + 1, vocab[c]] = p
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def test_bigrams_from_words_prefer_the_pairs_they_saw():
+    bigrams = CharBigrams.from_words([("中国", 3.0), ("人民", 2.0), ("国人", 1.0)])
+    assert bigrams.unigrams["国"] == 4.0 and bigrams.bigrams["中国"] == 3.0
+    assert bigrams.log_prob("中", "国") > bigrams.log_prob("中", "猫") > -math.inf
+    assert bigrams.log_prob(None, "国") > bigrams.log_prob(None, "猫")  # unseen characters keep a small share
+
+
+def test_a_cjk_glyph_becomes_the_runner_up_its_neighbours_make_likelier():
+    bigrams = CharBigrams.from_words([("中国", 50.0), ("国人", 50.0), ("大学", 1.0)])
+    vocab = CJKTokenizer().get_vocab()
+    # "中猫人": the middle glyph read as 猫 (0.5), 国 close behind (0.4)
+    probs = cjk_frames([{"中": 0.9}, {"猫": 0.5, "国": 0.4}, {"人": 0.9}])
+    row = (2, [vocab[c] for c in "中猫人"], 0.8, [1, 3, 5])
+
+    def reread(weight: float) -> str:
+        reranker = ChineseReranker(CJKTokenizer(), len(vocab), weight, bigrams)
+        r, ids, conf, frames = reranker.rerank_row(row, probs, BLANK)
+        assert (r, conf, frames) == (2, 0.8, [1, 3, 5])  # one character per glyph: the frames stay
+        return "".join({i: c for c, i in vocab.items()}[i] for i in ids)
+
+    assert reread(0.0) == "中猫人"  # the head alone
+    assert reread(1.0) == "中国人"
+    sure = cjk_frames([{"中": 0.9}, {"猫": 0.9}, {"人": 0.9}])  # 猫 sure, 国 at 1e-4: read as it is
+    assert ChineseReranker(CJKTokenizer(), len(vocab), 1.0, bigrams).rerank_row(row, sure, BLANK)[1] == row[1]
+    latin = (0, [vocab["a"]], 0.9, [1])  # no CJK glyph: as read
+    assert ChineseReranker(CJKTokenizer(), len(vocab), 1.0, bigrams).rerank_row(latin, probs, BLANK) == (
+        *latin[:3],
+        [1],
+    )
+
+
+def test_jiebas_dictionary_gives_the_default_bigrams():
+    bigrams = CharBigrams.from_jieba()
+    assert len(bigrams.unigrams) > 5000 and bigrams.log_prob("中", "国") > bigrams.log_prob("中", "猫") + 3

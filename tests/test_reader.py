@@ -262,6 +262,8 @@ def test_the_pipeline_reads_with_the_word_list_of_the_model_folder(tokenizer, tm
     Lexicon({"quick": 2, "brown": 2}).save(tmp_path / "lexicon.txt")
     pipe = Pipeline.from_pretrained(tmp_path)
     assert pipe.processor.lexicon.counts == {"quick": 2, "brown": 2} and pipe.lexicon_reader.nats == 6.0
+    assert pipe.lexicon_reader.chinese.weight == 0.1  # config.chinese_bigram_weight's default
+    assert set(pipe.lexicon_reader.chinese.char_of.values()) == {c for c in "".join(TEXTS) if "\u4e00" <= c <= "\u9fff"}
     seen = []
     monkeypatch.setattr(
         pipe.model, "read_lines", lambda pixels, wide, letters, lexicon: seen.append(lexicon) or [[[7]]]
@@ -270,11 +272,16 @@ def test_the_pipeline_reads_with_the_word_list_of_the_model_folder(tokenizer, tm
     assert seen == [pipe.lexicon_reader]
     copy = convert(tmp_path, tmp_path / "copy")  # the word list travels with the model
     assert (copy / "lexicon.txt").read_text() == (tmp_path / "lexicon.txt").read_text()
+    model.config.chinese_bigram_weight = 0.0  # 0: no Chinese re-ranking
+    model.save_pretrained(tmp_path)
+    assert Pipeline.from_pretrained(tmp_path).lexicon_reader.chinese is None
     model.config.lexicon_nats = 0.0  # 0: never correct
     model.save_pretrained(tmp_path)
     assert Pipeline.from_pretrained(tmp_path).lexicon_reader is None
     with pytest.raises(ValueError, match="lexicon_nats"):
         tiny_reader(64, lexicon_nats=-1.0)
+    with pytest.raises(ValueError, match="chinese_bigram_weight"):
+        tiny_reader(64, chinese_bigram_weight=-1.0)
 
 
 def test_merge_rows_keeps_distinct_neighbours_and_drops_a_duplicate():

@@ -45,6 +45,7 @@ from vary.infer.generation import (
     generated_ids,
 )
 from vary.infer.tasks import Task
+from vary.modeling.char_bigrams import ChineseReranker
 from vary.modeling.conv_vocab import COLUMN_STRIDE, ROW_STRIDE, letter_tokens, wide_tokens
 from vary.modeling.hub import model_name
 from vary.modeling.lexicon import LexiconReader
@@ -410,12 +411,15 @@ class Pipeline:
 
     @functools.cached_property
     def lexicon_reader(self) -> LexiconReader | None:
-        """The model folder's word list bound to the tokenizer, when it has one and config.lexicon_nats > 0."""
-        nats = getattr(self.model.config, "lexicon_nats", 0.0)
+        """The model folder's word list bound to the tokenizer, when it has one and config.lexicon_nats > 0, with
+        the Chinese re-ranking at config.chinese_bigram_weight (> 0)."""
+        config, tok = self.model.config, self.processor.tokenizer
+        nats = getattr(config, "lexicon_nats", 0.0)
         if self.processor.lexicon is None or nats <= 0:
             return None
-        return LexiconReader(self.processor.lexicon, self.processor.tokenizer, self.model.config.text_config.vocab_size,
-                             nats)  # fmt: skip
+        weight = getattr(config, "chinese_bigram_weight", 0.0)
+        chinese = ChineseReranker(tok, config.text_config.vocab_size, weight) if weight > 0 else None
+        return LexiconReader(self.processor.lexicon, tok, config.text_config.vocab_size, nats, chinese=chinese)
 
     def photo_answers(self, images: list[ImageInput]) -> list[str | None]:
         """Per image, the nature sentence it is answered with when it is a photograph, else None: the sentence the

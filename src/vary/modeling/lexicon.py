@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from vary.modeling.char_bigrams import ChineseReranker
+
 LEXICON_FILE = "lexicon.txt"
 WORD = re.compile(r"[A-Za-z]+")
 # Words shorter than this are left alone (a two-letter word has many listed neighbours one edit away: is, as, it,
@@ -86,8 +88,9 @@ class LexiconReader:
     (conv_vocab.greedy_rows' (row, ids, confidence, start frames)) against the frames they were read from."""
 
     def __init__(self, lexicon: Lexicon, tokenizer, vocab_size: int, nats: float, min_length: int = MIN_LENGTH,
-                 two_edits_from: int = TWO_EDITS_FROM):  # fmt: skip
+                 two_edits_from: int = TWO_EDITS_FROM, chinese: ChineseReranker | None = None):  # fmt: skip
         self.lexicon, self.nats, self.min_length, self.two_edits_from = lexicon, nats, min_length, two_edits_from
+        self.chinese = chinese  # re-ranks the CJK glyphs first (vary.modeling.char_bigrams)
         self.char_of: dict[int, str] = {}
         self.id_of: dict[str, int] = {}
         for token, i in tokenizer.get_vocab().items():
@@ -100,7 +103,10 @@ class LexiconReader:
 
     def correct_row(self, row: tuple, probs: torch.Tensor, blank: int) -> tuple:
         """One row read from `probs` (F, V), its unlisted words corrected; a replaced word's glyphs get start
-        frames spread over the frames the word's glyphs started at."""
+        frames spread over the frames the word's glyphs started at. With `chinese`, its CJK glyphs re-ranked
+        first."""
+        if self.chinese is not None:
+            row = self.chinese.rerank_row(row, probs, blank)
         r, ids, conf, frames = row[:4]
         ids, frames = list(ids), list(frames)
         spans = [span for span in word_spans(ids, frames, self.char_of) if span[1] - span[0] >= self.min_length]
