@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 
+from vary.modeling.conv_vocab import char_token_ids, ideograph, run_end
+
 TOP = 5  # candidates per glyph: the right character is among the head's first five in 53% of its CJK misreads
-
-
-def ideograph(char: str) -> bool:
-    return "\u3400" <= char <= "\u9fff"
 
 
 class CharBigrams:
@@ -75,8 +73,7 @@ class ChineseReranker:
     def __init__(self, tokenizer, vocab_size: int, weight: float, bigrams: CharBigrams | None = None, top: int = TOP):
         self.weight, self.top, self._bigrams = weight, top, bigrams
         # ideographs only: punctuation ends a run (jieba's words hold none: its share would push a comma out)
-        vocab = tokenizer.get_vocab().items()
-        self.char_of = {i: t for t, i in vocab if i < vocab_size and len(t) == 1 and ideograph(t)}
+        self.char_of = char_token_ids(tokenizer, vocab_size, ideograph)
 
     @property
     def bigrams(self) -> CharBigrams:
@@ -108,10 +105,7 @@ class ChineseReranker:
     def _candidates(self, probs: torch.Tensor, best: torch.Tensor, blank: int, start: int, read: int) -> list:
         """(id, log-probability) of a glyph's first `top` CJK characters, its frames' probabilities summed from
         `start` to the next blank frame (as conv_vocab.read_runs ranks them)."""
-        end = start + 1
-        while end < best.shape[0] and int(best[end]) != blank:
-            end += 1
-        summed = probs[start:end].sum(0)
+        summed = probs[start : run_end(best, blank, start + 1, best.shape[0])].sum(0)
         values, indices = (summed / summed.sum()).topk(self.top)
         found = [(int(i), math.log(max(float(p), 1e-9))) for p, i in zip(values, indices, strict=True)
                  if int(i) in self.char_of]  # fmt: skip

@@ -226,9 +226,14 @@ def merge_lookalikes(probs: torch.Tensor, best: list[int], nats: float) -> list[
     return [(c, positions) for c, positions, _ in glyphs]
 
 
+def ideograph(char: str) -> bool:
+    """A CJK ideograph (the unified ideographs and extension A)."""
+    return "\u3400" <= char <= "\u9fff"
+
+
 def wide_glyph(char: str) -> bool:
     """CJK ideographs, CJK punctuation and full-width forms: glyphs about as wide as they are tall."""
-    return "\u3400" <= char <= "\u9fff" or "\u3000" <= char <= "\u303f" or "\uff00" <= char <= "\uffef"
+    return ideograph(char) or "\u3000" <= char <= "\u303f" or "\uff00" <= char <= "\uffef"
 
 
 def wide_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -245,10 +250,24 @@ def letter_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
 def _char_tokens(tokenizer, vocab_size: int, keep: Callable[[str], bool]) -> torch.Tensor:
     """(vocab_size,) bool: the single-character tokens whose character `keep` accepts."""
     marked = torch.zeros(vocab_size, dtype=torch.bool)
-    for token, i in tokenizer.get_vocab().items():
-        if i < vocab_size and len(token) == 1 and keep(token):
-            marked[i] = True
+    marked[list(char_token_ids(tokenizer, vocab_size, keep))] = True
     return marked
+
+
+def char_token_ids(tokenizer, vocab_size: int, keep: Callable[[str], bool]) -> dict[int, str]:
+    """{id: character} of the single-character tokens (below `vocab_size`) whose character `keep` accepts."""
+    return {
+        i: token for token, i in tokenizer.get_vocab().items() if i < vocab_size and len(token) == 1 and keep(token)
+    }
+
+
+def run_end(best: torch.Tensor, blank: int, start: int, limit: int) -> int:
+    """The first frame from `start` on where the best path `best` (F,) is blank, at most `limit`: where the run
+    of non-blank frames at `start` ends."""
+    f = start
+    while f < limit and int(best[f]) != blank:
+        f += 1
+    return f
 
 
 def same_line(a: tuple, b: tuple, similar: float = 0.6,

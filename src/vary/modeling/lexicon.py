@@ -25,6 +25,7 @@ from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
 from vary.modeling.char_bigrams import ChineseReranker
+from vary.modeling.conv_vocab import char_token_ids, run_end
 
 LEXICON_FILE = "lexicon.txt"
 WORD = re.compile(r"[A-Za-z]+")
@@ -91,11 +92,8 @@ class LexiconReader:
                  two_edits_from: int = TWO_EDITS_FROM, chinese: ChineseReranker | None = None):  # fmt: skip
         self.lexicon, self.nats, self.min_length, self.two_edits_from = lexicon, nats, min_length, two_edits_from
         self.chinese = chinese  # re-ranks the CJK glyphs first (vary.modeling.char_bigrams)
-        self.char_of: dict[int, str] = {}
-        self.id_of: dict[str, int] = {}
-        for token, i in tokenizer.get_vocab().items():
-            if i < vocab_size and len(token) == 1 and token.isascii() and token.isalpha():
-                self.char_of[i], self.id_of[token] = token, i
+        self.char_of = char_token_ids(tokenizer, vocab_size, lambda char: char.isascii() and char.isalpha())
+        self.id_of = {char: i for i, char in self.char_of.items()}
 
     def correct_rows(self, rows: list[tuple], probs: torch.Tensor, blank: int) -> list[tuple]:
         """`rows` of one image read from `probs` (R, F, V), each word corrected (`correct_word`)."""
@@ -116,7 +114,7 @@ class LexiconReader:
             if word in self.lexicon:
                 continue
             best = probs.argmax(-1) if best is None else best
-            start = _run_end(best, blank, frames[i - 1], frames[i]) if i > 0 else 0
+            start = run_end(best, blank, frames[i - 1], frames[i]) if i > 0 else 0  # past the glyph before
             end = frames[j] if j < len(ids) else len(best)
             if (new := self.correct_word(word, probs[start:end], blank)) is not None:
                 ids[i:j] = [self.id_of[c] for c in new]
@@ -171,14 +169,6 @@ def ctc_nll(probs: torch.Tensor, spellings: list[list[int]], blank: int) -> torc
         targets[b, : len(s)] = torch.tensor(s)
     frames = torch.full((len(spellings),), probs.shape[0], dtype=torch.long)
     return F.ctc_loss(log_probs, targets, frames, lengths, blank=blank, reduction="none", zero_infinity=False)
-
-
-def _run_end(best: torch.Tensor, blank: int, start: int, limit: int) -> int:
-    """The first frame after the run of non-blank frames that starts at `start`, at most `limit`."""
-    f = start
-    while f < limit and int(best[f]) != blank:
-        f += 1
-    return f
 
 
 def _spread(first: int, last: int, n: int) -> list[int]:
