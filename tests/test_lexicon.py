@@ -61,6 +61,12 @@ def test_lexicon_counts_words_and_round_trips_through_its_file(tmp_path):
     assert "The" in lexicon and "CAT" in lexicon and "dog" not in lexicon
     again = Lexicon.from_file(lexicon.save(tmp_path / "lexicon.txt"))
     assert again.counts == lexicon.counts
+    (tmp_path / "bad.txt").write_text("the 3\ncat many\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.txt:2: not a word list line"):
+        Lexicon.from_file(tmp_path / "bad.txt")
+    (tmp_path / "binary.txt").write_bytes(b"\xd5\xff\x00 3")
+    with pytest.raises(ValueError, match=r"binary.txt: not a word list \(not UTF-8"):
+        Lexicon.from_file(tmp_path / "binary.txt")
     assert sorted(Lexicon({"system": 2, "systems": 1, "stem": 1}).neighbours("Systen")) == ["system"]
     assert case_forms("word") == ["word", "Word", "WORD"]
 

@@ -60,11 +60,19 @@ class Lexicon:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Lexicon:
+        """Read a `word count` file (`save`); ValueError naming the file and line where it is not one."""
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a word list (not UTF-8 text: {err.reason})") from None
         counts = {}
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(lines, 1):
             word, _, n = line.partition(" ")
-            if word:
-                counts[word] = int(n or 1)
+            if not word:
+                continue
+            if not (n or "1").isdigit():
+                raise ValueError(f"{path}:{number}: not a word list line ('word count'): {line[:60]!r}")
+            counts[word] = int(n or 1)
         return cls(counts)
 
     def save(self, path: str | Path) -> Path:
