@@ -7,7 +7,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from vary.infer.chart_bars import find_bars
+from vary.infer.chart_bars import Bar, find_bars, on_light_background, values_from_heights
 
 
 def draw(values, color="#1f77b4", grid_over=False, title="Sales by year") -> Image.Image:
@@ -54,3 +54,57 @@ def test_no_bars_in_text_or_noise():
     assert find_bars(noise) == []
     one = draw([5])  # one bar is no series to go by
     assert find_bars(one) == []
+
+
+def bars_for(values: list[float], tallest: float = 0.5, baseline: float = 0.9) -> list[Bar]:
+    """Bars drawn exactly to `values` on a baseline at 0: the tallest `tallest` of the image high."""
+    unit = tallest / max(map(abs, values))
+    return [Bar(0.1 * i, 0.1 * i + 0.06, baseline - max(v, 0) * unit, baseline - min(v, 0) * unit, downward=v < 0)
+            for i, v in enumerate(values)]  # fmt: skip
+
+
+def test_a_value_its_bar_disagrees_with_becomes_the_number_the_height_allows_nearest_the_reading():
+    bars = bars_for([4625, 3828, 4841, 2442, 4363])
+    # a digit taken for another, one dropped; a reading the height cannot tell from the truth (4840) stays
+    read = ["4625", "3328", "4840", "244", "4363"]
+    assert values_from_heights(read, bars) == ["4625", "3828", "4840", "2442", "4363"]
+    # decimals as read, else the chart's: "4" read for 1.4
+    assert values_from_heights(["0.7", "1.1", "4"], bars_for([0.7, 1.1, 1.4])) == ["0.7", "1.1", "1.4"]
+    assert values_from_heights(["7.5", "1.1", "1.4"], bars_for([0.7, 1.1, 1.4])) == ["0.7", "1.1", "1.4"]
+    # a bar hanging down, and a flat one
+    assert values_from_heights(["3", "-5", "0", "5"], bars_for([3, -2, 0, 5])) == ["3", "-2", "0", "5"]
+    assert values_from_heights(["3", "-2", "8", "5"], bars_for([3, -2, 0, 5])) == ["3", "-2", "0", "5"]
+
+
+def test_a_bar_read_as_nothing_gets_a_number_only_when_its_height_allows_just_one():
+    assert values_from_heights(["6", "3", None], bars_for([6, 3, 3])) == ["6", "3", "3"]
+    assert values_from_heights(["42907", "27366", None], bars_for([42907, 27366, 22446])) == [
+        "42907", "27366", None]  # fmt: skip
+
+
+def test_readings_stay_as_read_without_one_scale_most_of_them_fit():
+    bars = bars_for([2, 4, 6, 8])
+    assert values_from_heights(["6", "9", "1", "3"], bars) == ["6", "9", "1", "3"]  # no two fit one scale
+    assert values_from_heights(["2", "4", "9", "12"], bars) == ["2", "4", "9", "12"]  # two scales, two each
+    assert values_from_heights(["2", "4", "7", "9", "3"], bars_for([2, 4, 6, 8, 1])) == [
+        "2", "4", "7", "9", "3"]  # fmt: skip  # two of five fit: not enough
+    assert values_from_heights([None, "5"], bars_for([1, 5])) == [None, "5"]
+    assert values_from_heights([], []) == []
+
+
+def test_values_checked_against_the_bars_drawn_by_matplotlib():
+    values = [4625, 3828, 4841, 2442, 4363]
+    bars = find_bars(draw(values))
+    assert values_from_heights([str(v) for v in values], bars) == [str(v) for v in values]  # right ones stay
+    assert values_from_heights(["4625", "3828", "4541", "2442", "4863"], bars) == [str(v) for v in values]
+    small = [0.38, 0.63, 0.45, 0.79, 0.69, 0.65]
+    read = ["0.38", "0.68", "0.45", "0.79", "0.69", "0.05"]
+    assert values_from_heights(read, find_bars(draw(small))) == [f"{v:.2f}" for v in small]
+
+
+def test_a_chart_on_a_dark_background_is_read_inverted():
+    light = draw([3, 5, 4])
+    assert on_light_background(light) is light
+    dark = Image.fromarray(255 - np.asarray(light))  # light text and axes on black
+    assert np.array_equal(np.asarray(on_light_background(dark)), np.asarray(light))
+    assert len(find_bars(on_light_background(dark))) == 3

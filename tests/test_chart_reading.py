@@ -182,6 +182,14 @@ def test_layout_rules_on_a_hand_made_reading():
     assert [(i.text, i.rows) for i in row_items([*pieces, whole], decode)] == [("Green teaCoffee", (21, 22))]
     less_sure = (*whole[:2], 0.5, whole[3])  # the pieces are surer: both stay
     assert [i.text for i in row_items([*pieces, less_sure], decode)] == ["Green tea", "Coffee"]
+    # a row that read the line's start with the surer row above, then a sliver of its end past a gap: the
+    # sliver is the same text, not a piece of its own
+    sure, start = row(21, "Green tea", spaced(10, 9, step=2)), row(22, "Gre", [10, 12, 14])
+    sliver = row(22, "ea", [24, 26])
+    start, sliver = (*start[:2], 0.6, start[3]), (*sliver[:2], 0.6, sliver[3])
+    assert [(i.text, i.rows) for i in row_items([sure, start, sliver], decode)] == [("Green tea", (21, 22))]
+    past = (*sliver[:3], [32, 34])  # past the line's end: a piece of its own
+    assert [i.text for i in row_items([sure, start, past], decode)] == ["Green tea", "ea"]
     # the axis read as "─" beside a label: dropped, so the row that saw the label's top and the axis is still
     # the same line as the surer one that read the label
     top = (30, tok.encode("an─", add_special_tokens=False), 0.6, [60, 62.4, 64.8])

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vary.infer.chart_bars import Bar
+from vary.infer.chart_bars import Bar, values_from_heights
 from vary.modeling.conv_vocab import same_line, wide_glyph
 from vary.prompts import CHART_ANSWER_PREFIX
 
@@ -114,6 +114,8 @@ def row_items(rows: list[tuple], decode: Callable[[list[int]], str], row_gap: in
                 start = i
     merged: list[TextItem] = []
     for item in items:  # rows in order, so a line's earlier readings are already in `merged`
+        if any(_read_within(item, other) for other in merged):
+            continue
         same = [other for other in merged if _read_again(item, other, row_gap)]
         if not same:
             merged.append(item)
@@ -161,6 +163,14 @@ def _read_again(item: TextItem, other: TextItem, row_gap: int) -> bool:
     half = min(other.right - other.left, item.right - item.left) / 2
     same_place = shared >= half and other.numeric == item.numeric
     return above and overlap and (same_place or same_line(item.reading, other.reading))
+
+
+def _read_within(item: TextItem, other: TextItem) -> bool:
+    """Whether `item` is a sliver of `other`, a surer piece its row already read more of: in the rows `other`
+    spans and within its frames ("et" under "Element", the row that read most of the line reading its end
+    again past a gap; row_items)."""
+    inside = other.rows[0] <= item.rows[0] <= other.rows[1] and other.left <= item.left <= item.right <= other.right
+    return inside and item.conf < other.conf and item.numeric == other.numeric
 
 
 def y_axis_labels(items: list[TextItem]) -> tuple[list[TextItem], float | None]:
@@ -314,11 +324,13 @@ def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], 
             numbers = [item for item in reread(value.left - 3, value.right + 5, *value.rows, 1.0) if item.numeric]
             if len(numbers) == 1:
                 bar_values[i] = dataclasses.replace(value, ids=numbers[0].ids, text=numbers[0].text)
+    numbers = [value.number if value is not None else None for value in bar_values]
+    if bars:
+        numbers = values_from_heights(numbers, bars)
     data: dict[str, int | float] = {}
-    for value, ids in zip(bar_values, labels, strict=True):
-        if value is not None:
-            number = float(value.number)
-            data[decode(ids).strip()] = int(number) if "." not in value.number else number
+    for number, ids in zip(numbers, labels, strict=True):
+        if number is not None:
+            data[decode(ids).strip()] = int(number) if "." not in number else float(number)
     return {"title": title, "data": data}
 
 

@@ -33,7 +33,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList, TextIterator
 
 from vary.assets import bundled_model_dir
 from vary.chart_answer import parse_chart_answer
-from vary.infer.chart_bars import find_bars
+from vary.infer.chart_bars import find_bars, on_light_background
 from vary.infer.chart_reading import read_chart
 from vary.infer.documents import DocumentError, Page
 from vary.infer.generation import (
@@ -366,7 +366,7 @@ class Pipeline:
                 pixels = self.processor.canvas_tensor(image, max_tiles or self.max_tiles)[0][None]
             else:
                 if task == "chart":  # decoded once: for the bars, the whole reading and each second one
-                    image = load_image(image, self.processor.max_pixels)
+                    image = on_light_background(load_image(image, self.processor.max_pixels))
                 pixels = self.processor.image_tensor(image, scale)[None]
             if task == "chart":  # read without splitting double letters: see conv_vocab.DOUBLE_LETTER_BLANK
                 with self._lock, torch.inference_mode():
