@@ -438,6 +438,7 @@ def test_models_command_table_and_json():
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == list(hub.REGISTRY)
     assert rows[0]["repo_id"] == "stepfun-ai/GOT-OCR2_0" and rows[0]["pinned"] is False
+    assert next(r for r in rows if r["name"] == "got-ocr2-hf")["pinned"] is True  # a full commit hash
     table = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
     assert table.exit_code == 0
     for model in hub.REGISTRY.values():

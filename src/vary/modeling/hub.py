@@ -60,9 +60,11 @@ class KnownModel:
     defaults: dict[str, str] = field(default_factory=dict)
 
 
-# Revisions: no commit hash of these repositories could be verified from where this was written (no hub
-# access; public code and issues searched for pinned hashes found none), so entries track "main" rather than
-# an invented hash. Record the commit here once checked on the hub; until then users pin with NAME@COMMIT.
+# Revisions: this machine has no hub access, so no hash here was checked against the hub itself. got-ocr2-hf's
+# is the commit a public lock file recorded from the hub's model_info(revision="main") on 2026-07-23
+# (haseebraza715/failure-aware-ocr-rag, config/model_revisions.json). For the others, public code and issues
+# searched for pinned hashes found none, so they track "main" rather than an invented hash (which would fail to
+# download). Record each commit here once checked on the hub; until then users pin with NAME@COMMIT.
 REVISION_NOTE = "revision 'main' = not pinned to a commit yet; pin one yourself with NAME@COMMIT"
 REGISTRY: dict[str, KnownModel] = {
     model.name: model
@@ -85,7 +87,7 @@ REGISTRY: dict[str, KnownModel] = {
         KnownModel(
             name="got-ocr2-hf",
             repo_id="stepfun-ai/GOT-OCR-2.0-hf",
-            revision="main",
+            revision="d3017ef2c2c1395888c8d635c5e0508bcb0ac78d",
             architecture="GotOcr2ForConditionalGeneration (transformers)",
             parameters="560 M",
             languages="en, zh",
