@@ -7,7 +7,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from vary.infer.chart_bars import Bar, find_bars, on_light_background, values_from_heights
+from vary.infer.chart_bars import Bar, find_bars, values_from_heights
+from vary.modeling.processor import on_light_background
 
 
 def draw(values, color="#1f77b4", grid_over=False, title="Sales by year") -> Image.Image:
@@ -102,9 +103,13 @@ def test_values_checked_against_the_bars_drawn_by_matplotlib():
     assert values_from_heights(read, find_bars(draw(small))) == [f"{v:.2f}" for v in small]
 
 
-def test_a_chart_on_a_dark_background_is_read_inverted():
+def test_a_chart_or_page_on_a_flat_dark_background_is_read_inverted_a_photograph_is_not():
     light = draw([3, 5, 4])
     assert on_light_background(light) is light
     dark = Image.fromarray(255 - np.asarray(light))  # light text and axes on black
     assert np.array_equal(np.asarray(on_light_background(dark)), np.asarray(light))
     assert len(find_bars(on_light_background(dark))) == 3
+    # dark, but its edges are no flat colour: a photograph (noise stands in for its texture)
+    texture = np.random.default_rng(0).integers(0, 120, (384, 512, 3), dtype=np.uint8)
+    photo = Image.fromarray(texture)
+    assert on_light_background(photo) is photo

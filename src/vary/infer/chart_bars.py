@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
 MAX_SIDE = 512  # px the search runs at: bars are large, and the dataset's charts are 384-512 px
@@ -25,7 +25,6 @@ SOLID = 0.9  # share of a bar's columns its colour must fill on every row of the
 WIDTH_SPREAD = 0.2  # bars' widths agree within this share of their median
 EDGE = 4  # px: bars' baselines agree within this (a gridline over the baseline moves ends by its width)
 GRIDLINE = 3  # px: a line this thick drawn across a bar does not cut it
-DARK = 128  # a chart whose edges' median grey level is below this is drawn on a dark background
 # A bar's value and its height agree within this share of the tallest bar's height. Dev set (52 English charts
 # with the values they were drawn with): the drawn values sit within 0.0036 of the tallest bar (1.2 px) of one
 # scale through the baseline, so the tolerance is the bars' pixel rounding, not the values' precision.
@@ -147,15 +146,6 @@ def _with_flat_bars(bars: list[tuple[int, int, int, int]]) -> list[tuple[int, in
                 out.append((round(x - half), round(x + half), base, base))
         out.append(bar)
     return out
-
-
-def on_light_background(image: Image.Image) -> Image.Image:
-    """The chart with dark text on a light background: inverted when its edges are dark (a dark theme's light
-    text on a deep colour). The reading head learnt dark glyphs on light paper; dev charts drawn dark, 1 English
-    and 4 Chinese of 116, read 0 / 0 of their values as drawn and 1 / 1.2 inverted."""
-    grey = np.asarray(image.convert("L"))
-    edges = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return ImageOps.invert(image.convert("RGB")) if np.median(edges) < DARK else image
 
 
 def values_from_heights(numbers: list[str | None], bars: list[Bar]) -> list[str | None]:

@@ -33,7 +33,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList, TextIterator
 
 from vary.assets import bundled_model_dir
 from vary.chart_answer import parse_chart_answer
-from vary.infer.chart_bars import find_bars, on_light_background
+from vary.infer.chart_bars import find_bars
 from vary.infer.chart_reading import read_chart
 from vary.infer.documents import DocumentError, Page
 from vary.infer.generation import (
@@ -50,7 +50,7 @@ from vary.modeling.conv_vocab import COLUMN_STRIDE, ROW_STRIDE, letter_tokens, w
 from vary.modeling.hub import model_name
 from vary.modeling.lexicon import LexiconReader
 from vary.modeling.loading import load
-from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image
+from vary.modeling.processor import DEFAULT_MAX_TILES, ImageInput, VaryProcessor, load_image, on_light_background
 from vary.modeling.quantize import cpu_has_native_bf16, is_quantized
 from vary.modeling.vary import VaryForCausalLM
 from vary.prompts import NATURE_SENTENCES, PromptError, ask_prompt, box_to_grid, get_prompt_style
@@ -362,11 +362,12 @@ class Pipeline:
         size = self.processor.config.image_size
         results = []
         for image in images:  # pages differ in size under crop: one at a time (a forward pass, no decoding loop)
+            # decoded once (for a chart: the bars, the whole reading and each second one), light text on a dark
+            # page inverted
+            image = on_light_background(load_image(image, self.processor.max_pixels))
             if crop and task != "chart":
                 pixels = self.processor.canvas_tensor(image, max_tiles or self.max_tiles)[0][None]
             else:
-                if task == "chart":  # decoded once: for the bars, the whole reading and each second one
-                    image = on_light_background(load_image(image, self.processor.max_pixels))
                 pixels = self.processor.image_tensor(image, scale)[None]
             if task == "chart":  # read without splitting double letters: see conv_vocab.DOUBLE_LETTER_BLANK
                 with self._lock, torch.inference_mode():

@@ -34,6 +34,14 @@ MAX_ASPECT = 50  # longest side / shortest side (a long receipt is ~1:20)
 LARGE_IMAGE_PIXELS = 16_000_000  # images above this are decoded one at a time (bounds a server's peak memory)
 _large_decode = threading.Lock()
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+# An image is text on a dark background (a dark theme's chart or slide, a dark-mode screenshot) when its edges'
+# median grey level is below DARK and FLAT_SHARE of the edge pixels lie within FLAT_LEVELS of it: one flat
+# colour, as drawn charts and pages have (100% of their edge pixels within 4 levels) and photographs do not
+# (at most 78% in the held-out photographs and crops of the training ones, but for one crop of black). Within
+# 24 levels, 16 of the 100 crops were taken for dark pages: inverted, 11 of them lost their nature sentence.
+DARK = 128
+FLAT_SHARE = 0.98
+FLAT_LEVELS = 4
 DEFAULT_MAX_TILES = 6  # GOT-OCR2's chat_crop: 1 to 6 tiles (+ a thumbnail when there are several)
 
 
@@ -74,6 +82,18 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
             raise ImageError(f"{name}: corrupt or truncated image ({err})") from err
     _check_size(image, name, max_pixels)
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+def on_light_background(image: Image.Image) -> Image.Image:
+    """The image with dark text on a light background: inverted when it is drawn light on a flat dark colour
+    (DARK, FLAT_SHARE). The bundled reading head learnt dark glyphs on light paper: the example page inverted
+    reads at edit distance 0.31 as it is and 0.00 so; dev charts drawn dark (1 English and 4 Chinese of 116)
+    read 0% of their values as they are."""
+    grey = np.asarray(image.convert("L"), dtype=np.int16)
+    edges = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    median = np.median(edges)
+    flat = np.mean(np.abs(edges - median) <= FLAT_LEVELS) >= FLAT_SHARE
+    return ImageOps.invert(image.convert("RGB")) if median < DARK and flat else image
 
 
 def _check_size(image: Image.Image, name: str, max_pixels: int) -> None:
