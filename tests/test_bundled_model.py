@@ -28,6 +28,12 @@ def edit_distance(prediction: str, reference: str) -> float:
     return Levenshtein.normalized_distance(prediction.strip(), reference.strip())
 
 
+def example(name: str, dark: bool) -> Image.Image:
+    """examples/NAME.png, or inverted: light text on a dark page (a dark-mode screenshot, a dark theme)."""
+    image = Image.open(EXAMPLES / f"{name}.png").convert("RGB")
+    return ImageOps.invert(image) if dark else image
+
+
 def test_the_package_ships_a_small_float16_model_with_its_card():
     assert bundled_model_dir() == MODEL_DIR
     weights = MODEL_DIR / "model.safetensors"
@@ -43,20 +49,14 @@ def test_the_package_ships_a_small_float16_model_with_its_card():
 @pytest.mark.parametrize("name, ceiling", [("sample_page", 0.05), ("sample_page_zh", 0.25)])  # measured 0.000, 0.171
 @pytest.mark.parametrize("dark", [False, True])
 def test_the_bundled_model_reads_the_example_pages(name, ceiling, dark):
-    pipe = Pipeline.from_pretrained()
-    image = Image.open(EXAMPLES / f"{name}.png").convert("RGB")
-    if dark:  # light text on a dark page (a dark-mode screenshot) is read inverted: 0.31 / 0.90 if it were not
-        image = ImageOps.invert(image)
-    text = pipe.ocr(image).text
+    # a dark page is read inverted: 0.31 / 0.90 if it were not
+    text = Pipeline.from_pretrained().ocr(example(name, dark)).text
     assert edit_distance(text, (EXAMPLES / f"{name}.txt").read_text()) <= ceiling, text
 
 
 @pytest.mark.parametrize("dark", [False, True])
 def test_the_bundled_model_reads_the_example_bar_chart_into_a_dict(dark):
-    image = Image.open(EXAMPLES / "sample_chart.png").convert("RGB")
-    if dark:  # a dark theme: light text on a deep colour, read inverted
-        image = ImageOps.invert(image)
-    answer = Pipeline.from_pretrained().run(image, "chart")
+    answer = Pipeline.from_pretrained().run(example("sample_chart", dark), "chart")
     scores = chart_scores(answer, (EXAMPLES / "sample_chart.txt").read_text())
     # measured 1.0 both ways (4 of 4; 2 of 4 without the word list: two labels one letter off; held-out charts:
     # 80% English); 0 of 4 dark if it were read as drawn

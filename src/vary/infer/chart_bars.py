@@ -5,6 +5,7 @@ how many there are and where, to find each bar's value and cut the labels' line.
 one bar per value read, so a value missed, merged with its neighbour or a stray number read costs the whole
 chart. A simple chart's bars are easy to see: rectangles of one flat colour, equally wide, standing on one
 baseline. No maintained library finds a chart's bars (chart parsers are whole models), so it is written here.
+Their heights then check the values read over them: value / height is one number per chart (values_from_heights).
 """
 
 from __future__ import annotations
@@ -182,8 +183,10 @@ def values_from_heights(numbers: list[str | None], bars: list[Bar]) -> list[str 
         for decimals in dict.fromkeys(([] if number is None else [_decimals(number)]) + [usual]):
             step = 10.0**-decimals
             first, last = math.ceil((expected - allowed) / step), math.floor((expected + allowed) / step)
-            if not candidates and last - first < MAX_CANDIDATES:
+            if last - first < MAX_CANDIDATES:
                 candidates = [f"{k * step:.{decimals}f}" for k in range(first, last + 1)]
+            if candidates:
+                break
         if number is not None and candidates:
             checked.append(min(candidates, key=lambda c: (Levenshtein.distance(c, number), abs(float(c) - expected))))
         else:
