@@ -28,6 +28,7 @@ from vary.infer.chart_reading import (
     axis_marks_dropped,
     chart_from_items,
     free_cuts,
+    joined,
     line_items,
     read_chart,
     row_items,
@@ -359,3 +360,39 @@ def test_cjk_labels_are_not_read_again():
     answer = read_chart(rows, decode, read_region=lambda *box: calls.append(box) or ([], 2.0, 0.0), reread_zooms=(1.0,))
     assert parse_chart_answer(answer)["data"] == {"绿茶": 42, "咖啡": 97}
     assert len(calls) == 3 and [box[1] for box in calls].count(math.inf) == 1  # the title and the two values
+
+
+def test_a_glyph_read_by_two_rows_a_frame_apart_is_one_piece():
+    # a piece spans its characters' start frames, so one glyph spans none: two rows reading it start it a frame
+    # or two apart, and without slack both were kept ("日日" for the label 日)
+    tok = train_char_tokenizer(["日月 0123456789"] * 3, vocab_size=64)
+    decode = functools.partial(tok.decode, skip_special_tokens=True)
+    first = (20, tok.encode("日", add_special_tokens=False), 0.6, [30.0])
+    again = (21, first[1], 0.9, [31.2])
+    assert [(i.text, i.rows, i.conf) for i in row_items([first, again], decode)] == [("日", (20, 21), 0.9)]
+    # two glyphs a wide glyph apart on neighbouring rows stay two pieces
+    other = (21, tok.encode("月", add_special_tokens=False), 0.9, [38.0])
+    assert [i.text for i in row_items([first, other], decode)] == ["日", "月"]
+
+
+def test_a_line_s_pieces_join_without_a_space_between_cjk_glyphs():
+    assert joined(["飞", "鸿过", "也"]) == "飞鸿过也"
+    assert joined(["Sales", "by", "year"]) == "Sales by year"
+    assert joined(["销量", "2024", "年"]) == "销量 2024 年"  # a space where Latin text meets CJK, as read
+    assert joined(["───", "重，", "碧", "─ ──"]) == "重，碧"  # an axis or frame line read as box drawing: not text
+    assert joined(["春──风"]) == "春──风"  # Chinese prose's dash inside a piece stays
+    assert joined([]) == ""
+
+
+def test_a_tick_of_the_y_axis_read_as_letters_is_not_a_label():
+    tok = train_char_tokenizer(["销量 0123456789 绿茶 咖啡 o."] * 3, vocab_size=64)
+    decode = functools.partial(tok.decode, skip_special_tokens=True)
+
+    def row(r, text, frames):
+        return (r, tok.encode(text, add_special_tokens=False), 0.9, frames)
+
+    # the y axis' labels end at frame 8; its 0 at the baseline read "o.o", a piece of its own left of the axis
+    rows = [row(1, "销量", [30, 36]), row(4, "100", [4, 6, 8]), row(4, "97", [47, 49]), row(11, "50", [6, 8]),
+            row(11, "42", [21, 23]), row(20, "o.o", [4, 6, 8]), row(21, "绿茶", [18, 24]), row(21, "咖啡", [44, 50])]  # fmt: skip
+    chart = chart_from_items(row_items(rows, decode), decode)
+    assert chart == {"title": "销量", "data": {"绿茶": 42, "咖啡": 97}}
