@@ -93,6 +93,23 @@ def test_readings_stay_as_read_without_one_scale_most_of_them_fit():
     assert values_from_heights([], []) == []
 
 
+def test_where_few_readings_agree_the_y_axis_labels_pick_the_scale():
+    bars, read = bars_for([2, 4, 6, 8, 1]), ["2", "4", "7", "9", "3"]  # two of five fit one scale
+    unit = 0.5 / 8  # bars_for's: the tallest bar half the image high, baseline at 0.9
+
+    def axis(labels):
+        return [(value, 0.9 - drawn * unit) for value, drawn in zip(labels, (0, 2, 4, 6, 8), strict=True)]
+
+    assert values_from_heights(read, bars, axis([0, 2, 4, 6, 8])) == ["2", "4", "6", "8", "1"]
+    assert values_from_heights(read, bars, axis([0, 2, 4, 7, 8])) == ["2", "4", "6", "8", "1"]  # one misread
+    assert values_from_heights(read, bars, axis([0, 4, 8, 12, 16])) == read  # the axis shows another scale
+    assert values_from_heights(read, bars, axis([0, 2.2, 4.4, 6.6, 8.8])) == read  # 10% off: too far
+    assert values_from_heights(read, bars, [(0, 0.9)]) == read  # no label but the 0
+    # two groups of two fit two scales: the axis' one is taken
+    assert values_from_heights(["2", "4", "9", "12"], bars_for([2, 4, 6, 8]), axis([0, 2, 4, 6, 8])) == [
+        "2", "4", "6", "8"]  # fmt: skip
+
+
 def test_values_checked_against_the_bars_drawn_by_matplotlib():
     values = [4625, 3828, 4841, 2442, 4363]
     bars = find_bars(draw(values))

@@ -333,7 +333,8 @@ def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], 
                 bar_values[i] = dataclasses.replace(value, ids=numbers[0].ids, text=numbers[0].text)
     numbers = [value.number if value is not None else None for value in bar_values]
     if bars:
-        numbers = values_from_heights(numbers, bars)
+        axis = [(float(tick.number), (tick.rows[0] + tick.rows[1] + 1) / 2) for tick in ticks]  # a line's middle
+        numbers = values_from_heights(numbers, bars, axis)
     data: dict[str, int | float] = {}
     for number, ids in zip(numbers, labels, strict=True):
         if number is not None:
