@@ -346,16 +346,22 @@ def test_each_part_read_again_at_several_sizes_keeps_the_surest_reading():
     assert list(parse_chart_answer(answer)["data"]) == ["Green tea", "Coffee"]
 
 
-def test_cjk_labels_are_not_read_again():
-    # a CJK glyph is about twice a Latin letter's x-height: the whole reading's type size reads it well
-    tok = train_char_tokenizer(["销量 0123456789 绿茶 咖啡"] * 3, vocab_size=64)
-    decode = functools.partial(tok.decode, skip_special_tokens=True)
+def cjk_chart_reading(zero: tuple[int, str, list[float]]) -> tuple[list, functools.partial]:
+    """A hand-made reading of a Chinese chart ("销量": 绿茶 42, 咖啡 97; the y axis' labels end at frame 8) whose
+    axis' 0 was read as `zero` (row, text, frames), and its decode."""
+    tok = train_char_tokenizer(["销量 0123456789 绿茶 咖啡 o."] * 3, vocab_size=64)
 
     def row(r, text, frames):
         return (r, tok.encode(text, add_special_tokens=False), 0.9, frames)
 
     rows = [row(1, "销量", [30, 36]), row(4, "100", [4, 6, 8]), row(4, "97", [47, 49]), row(11, "50", [6, 8]),
-            row(11, "42", [21, 23]), row(19, "0", [8]), row(21, "绿茶", [18, 24]), row(21, "咖啡", [44, 50])]  # fmt: skip
+            row(11, "42", [21, 23]), row(*zero), row(21, "绿茶", [18, 24]), row(21, "咖啡", [44, 50])]  # fmt: skip
+    return rows, functools.partial(tok.decode, skip_special_tokens=True)
+
+
+def test_cjk_labels_are_not_read_again():
+    # a CJK glyph is about twice a Latin letter's x-height: the whole reading's type size reads it well
+    rows, decode = cjk_chart_reading((19, "0", [8]))
     calls = []
     answer = read_chart(rows, decode, read_region=lambda *box: calls.append(box) or ([], 2.0, 0.0), reread_zooms=(1.0,))
     assert parse_chart_answer(answer)["data"] == {"绿茶": 42, "咖啡": 97}
@@ -385,14 +391,7 @@ def test_a_line_s_pieces_join_without_a_space_between_cjk_glyphs():
 
 
 def test_a_tick_of_the_y_axis_read_as_letters_is_not_a_label():
-    tok = train_char_tokenizer(["销量 0123456789 绿茶 咖啡 o."] * 3, vocab_size=64)
-    decode = functools.partial(tok.decode, skip_special_tokens=True)
-
-    def row(r, text, frames):
-        return (r, tok.encode(text, add_special_tokens=False), 0.9, frames)
-
-    # the y axis' labels end at frame 8; its 0 at the baseline read "o.o", a piece of its own left of the axis
-    rows = [row(1, "销量", [30, 36]), row(4, "100", [4, 6, 8]), row(4, "97", [47, 49]), row(11, "50", [6, 8]),
-            row(11, "42", [21, 23]), row(20, "o.o", [4, 6, 8]), row(21, "绿茶", [18, 24]), row(21, "咖啡", [44, 50])]  # fmt: skip
+    # the axis' 0 at the baseline read "o.o", a piece of its own left of the axis' edge
+    rows, decode = cjk_chart_reading((20, "o.o", [4, 6, 8]))
     chart = chart_from_items(row_items(rows, decode), decode)
     assert chart == {"title": "销量", "data": {"绿茶": 42, "咖啡": 97}}
