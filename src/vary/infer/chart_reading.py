@@ -266,9 +266,9 @@ def chart_from_items(items: list[TextItem], decode: Callable[[list[int]], str], 
     ticks, edge = y_axis_labels(items)
     rest = []
     for item in items:
-        if any(item is tick for tick in ticks) or (edge is not None and item.right <= edge + TICK_ALIGN):
-            continue  # the y axis' column: its numbers, and ticks read as letters ("o.o" for 0.0; dev 0.296 ->
-            # 0.305 Chinese, English the same: else the first bar's label began with it, "o广话")
+        if edge is not None and item.right <= edge + TICK_ALIGN:
+            continue  # the y axis' column: its numbers (`ticks`), and ticks read as letters ("o.o" for 0.0; dev
+            # 0.296 -> 0.305 Chinese, English the same: else the first bar's label began with it, "o广话")
         pieces = split_tick(item, edge, decode) if edge is not None and item.left <= edge + TICK_ALIGN else None
         rest.append(pieces[1] if pieces else item)
     if not rest:
