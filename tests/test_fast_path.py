@@ -314,6 +314,37 @@ def test_int8_qwen2_keeps_keys_and_values_in_bf16_where_native(tmp_path, monkeyp
     assert opt_int8.kv_storage_dtype is None  # OPT's attention takes one dtype
 
 
+def test_lean_step_attends_to_a_bf16_store_in_float32(tmp_path, lean_steps):
+    """With bf16 keys/values the lean step widens them and attends in float32: its logits are those of a float32
+    store holding the same (bf16-rounded) values, and the query is not rounded to bf16 (that alone moves the
+    logits ~40x more). The widened copies are two buffers reused by every layer and token."""
+    model = _got_like(tmp_path).enable_fast_cpu_path()
+    language_model = model.language_model
+    generator = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        prefilled = fast.PreallocatedCache()
+        language_model(input_ids=torch.randint(3, 1000, (1, 300), generator=generator), cache=prefilled)
+        stores = {dtype: fast.PreallocatedCache(dtype) for dtype in (None, torch.bfloat16)}
+        for index, layer in enumerate(prefilled.layers):
+            for store in stores.values():
+                store.update(layer.keys.bfloat16().float(), layer.values.bfloat16().float(), index)
+        embeds = language_model.get_input_embeddings()(torch.randint(3, 1000, (1, 5), generator=generator))
+        logits = {dtype: [] for dtype in stores}
+        for dtype, store in stores.items():
+            for token in range(5):
+                step = fast.qwen2_decode_step(language_model, embeds[:, token : token + 1], store)
+                logits[dtype].append(step.logits)
+    assert len(lean_steps) == 10 and stores[torch.bfloat16].layers[0].keys.dtype is torch.bfloat16
+    widened = stores[torch.bfloat16].attention_scratch(torch.float32)
+    assert widened[0].dtype is torch.float32
+    assert [t.data_ptr() for t in widened] == [
+        t.data_ptr() for t in stores[torch.bfloat16].attention_scratch(torch.float32)
+    ]
+    expected = torch.cat(logits[None])
+    # the new tokens' own keys/values are stored rounded in one store only: 1e-4 of the spread; a bf16 query 5e-3
+    torch.testing.assert_close(torch.cat(logits[torch.bfloat16]), expected, atol=1e-3 * float(expected.std()), rtol=0)
+
+
 def test_bf16_key_value_store_tracks_float32_through_cached_decoding(tmp_path, lean_steps):
     """The same int8 model decodes the same 200 tokens (teacher-forced, through the cache: prefill by our int8
     attention, then lean steps) with float32 and with bf16 keys/values: logits stay within a small fraction of

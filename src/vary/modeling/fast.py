@@ -25,7 +25,9 @@ appends in place. A hand-written OPT decode step saved only ~7% more and was not
 (GOT-OCR2, Vary-toy) it is kept (`qwen2_decode_step`): with int8 weights a GOT-OCR2 token streams only ~0.46 GB,
 and transformers' per-token Python and small-op work (masks, kwargs plumbing, 7-op RMSNorms, rotary per
 layer: ~4,000 ops a token) took 15 of its 40 ms on 2 cores; the step here issues ~25 ops per layer, and runs
-them as TorchScript (Python's cost per op was ~7 ms of the remaining ~35 ms: 28 -> 36 tok/s).
+them as TorchScript (Python's cost per op was ~7 ms of the remaining ~35 ms: 28 -> 36 tok/s). A bf16 cache
+(int8 Qwen2 where bf16 is native) is widened into reused float32 buffers for attention: CPU SDPA's bf16
+kernel for one query was 7 of a token's 23 ms (PreallocatedCache.attention_scratch).
 """
 
 from __future__ import annotations
@@ -311,7 +313,9 @@ class PreallocatedCache(DynamicCache):
 
     def __init__(self, storage_dtype: torch.dtype | None = None):
         Cache.__init__(self, layer_class_to_replicate=functools.partial(PreallocatedLayer, storage_dtype=storage_dtype))
+        self.storage_dtype = storage_dtype
         self.decode_step: nn.Module | None = None  # set by qwen2_decode_step at this cache's first decoded token
+        self._scratch: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
 
     def reserve(self, length: int) -> tuple[list[Tensor], list[Tensor]]:
         """Every layer's key and value buffers, grown to hold `length` tokens (see PreallocatedLayer.reserve)."""
@@ -321,6 +325,22 @@ class PreallocatedCache(DynamicCache):
     def set_length(self, length: int) -> None:
         for layer in self.layers:
             layer.set_length(length)
+
+    def attention_scratch(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Two `dtype` buffers shaped as one layer's key and value buffers, reused by every layer and token, where
+        the cache stores another dtype: a one-query attention reads a layer's bf16 states widened into them.
+
+        Why not attend in bf16: CPU SDPA's bf16 kernel for one query ran 3-8x slower than float32 (AMD EPYC with
+        avx512_bf16, 2 cores, GOT-OCR2 int8: 7 of a token's 23 ms at 300 cached tokens, 29 ms at 1,300); a fresh
+        widened copy per layer pays page faults for its new allocation. Copying into these reused buffers costs
+        about what reading a float32 store would, with half the store's memory (docs/cpu-speed.md)."""
+        if self.storage_dtype is None or self.storage_dtype == dtype:
+            return self._scratch  # empty: attention reads the store itself
+        layer = self.layers[0]  # every layer's buffers have one shape (reserve grows them together)
+        if self._scratch[0].shape != layer._key_buffer.shape or self._scratch[0].dtype != dtype:
+            self._scratch = (torch.empty(layer._key_buffer.shape, dtype=dtype),
+                             torch.empty(layer._value_buffer.shape, dtype=dtype))  # fmt: skip
+        return self._scratch
 
 
 def add_decoding_cache(model, generate_kwargs: dict) -> None:
@@ -374,10 +394,13 @@ def qwen2_decode_step(language_model, inputs_embeds: Tensor, cache: Preallocated
     # a negation and a cat, per tensor and layer
     signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
     keys, values = cache.reserve(length + 1)
+    key_scratch, value_scratch = cache.attention_scratch(inputs_embeds.dtype)
     # TorchScript's default (profiling) executor spends its first two calls at ~7x the time of a step profiling
     # shapes for fusions that a CPU build does not make; the plain interpreter runs every call at full speed
     with torch.jit.optimized_execution(False):
-        logits = cache.decode_step(inputs_embeds, cos[:, :, None], signed_sin, keys, values, length)
+        logits = cache.decode_step(
+            inputs_embeds, cos[:, :, None], signed_sin, keys, values, key_scratch, value_scratch, length
+        )
     cache.set_length(length + 1)
     return CausalLMOutputWithPast(logits=logits, cache=cache)
 
@@ -404,7 +427,7 @@ class Qwen2LayerStep(nn.Module):
         self.intermediate_size = int(mlp.intermediate_size)
 
     def forward(self, hidden: Tensor, cos: Tensor, signed_sin: Tensor, key_buffer: Tensor, value_buffer: Tensor,
-                position: int) -> Tensor:  # fmt: skip
+                key_scratch: Tensor, value_scratch: Tensor, position: int) -> Tensor:  # fmt: skip
         batch, q_size, kv_size = hidden.shape[0], self.heads * self.head_dim, self.kv_heads * self.head_dim
         x = F.rms_norm(hidden, [hidden.shape[-1]], self.input_norm, self.eps)
         if hasattr(self, "qkv_proj"):
@@ -416,10 +439,14 @@ class Qwen2LayerStep(nn.Module):
         k = self._rotate(k.view(batch, 1, self.kv_heads, self.head_dim), cos, signed_sin).transpose(1, 2)
         key_buffer[:, :, position : position + 1] = k  # cast to the store's dtype (bf16 where native)
         value_buffer[:, :, position : position + 1] = v.view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q.to(key_buffer.dtype), key_buffer[:, :, : position + 1],
-                                             value_buffer[:, :, : position + 1], scale=self.scaling,
-                                             enable_gqa=self.kv_heads != self.heads)  # fmt: skip
-        hidden = hidden + self.o_proj(out.to(hidden.dtype).transpose(1, 2).reshape(batch, 1, q_size))
+        keys, values = key_buffer[:, :, : position + 1], value_buffer[:, :, : position + 1]
+        if keys.dtype != q.dtype:  # a bf16 store, widened into the reused buffers (PreallocatedCache.attention_scratch)
+            keys = key_scratch[:, :, : position + 1].copy_(keys)
+            values = value_scratch[:, :, : position + 1].copy_(values)
+        out = F.scaled_dot_product_attention(
+            q, keys, values, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
+        )
+        hidden = hidden + self.o_proj(out.transpose(1, 2).reshape(batch, 1, q_size))
         x = F.rms_norm(hidden, [hidden.shape[-1]], self.post_attention_norm, self.eps)
         if hasattr(self, "gate_up_proj"):
             gate_up = self.gate_up_proj(x)
@@ -449,9 +476,9 @@ class Qwen2DecodeStep(nn.Module):
         self.lm_head = language_model.lm_head
 
     def forward(self, hidden: Tensor, cos: Tensor, signed_sin: Tensor, keys: list[Tensor], values: list[Tensor],
-                position: int) -> Tensor:  # fmt: skip
+                key_scratch: Tensor, value_scratch: Tensor, position: int) -> Tensor:  # fmt: skip
         for index, layer in enumerate(self.layers):
-            hidden = layer(hidden, cos, signed_sin, keys[index], values[index], position)
+            hidden = layer(hidden, cos, signed_sin, keys[index], values[index], key_scratch, value_scratch, position)
         return self.lm_head(F.rms_norm(hidden, [hidden.shape[-1]], self.norm, self.eps))
 
 

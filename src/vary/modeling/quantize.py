@@ -307,10 +307,12 @@ def _choose_kv_storage(model) -> None:
     bfloat16 for an int8 Qwen2 decoder on a CPU with native bf16, else None (the states' own dtype).
 
     Attention reads the whole cache at every token: at the end of a 1,024-token GOT-OCR2 page ~250 MB of
-    float32 a token, and the largest part of the page's memory. bf16 halves both (that page: 48 -> 44 s, peak RSS
-    1.54 -> 1.42 GB). Only there: int8 decoding already trades exactness for speed, bf16 is emulated (slow) on
-    other CPUs, and only our int8 attention (FusedQKVQwen2Attention, fast.qwen2_decode_step) casts bf16 states
-    back to the query's dtype; other decoders' attention refuses mixed dtypes."""
+    float32 a token, and the largest part of the page's memory. bf16 halves both (that page: peak RSS 1.54 ->
+    1.42 GB); attention still runs in float32, on the states widened back (`fast.PreallocatedCache.attention_scratch`:
+    CPU SDPA's bf16 kernel is slower than the widening). Only there: int8 decoding already trades exactness for
+    speed, bf16 is emulated (slow) on other CPUs, and only our int8 attention (FusedQKVQwen2Attention,
+    fast.qwen2_decode_step) widens bf16 states to the query's dtype; other decoders' attention refuses mixed
+    dtypes."""
     layers = decoder_layers(model)[1]
     fused = all(isinstance(getattr(layer, "self_attn", None), FusedQKVQwen2Attention) for layer in layers)
     model.kv_storage_dtype = torch.bfloat16 if fused and cpu_has_native_bf16() else None
