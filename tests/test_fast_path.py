@@ -278,24 +278,48 @@ def test_decode_step_follows_changed_weights_and_modules(tmp_path):
     assert check_against_plain() is not replaced
 
 
-def test_lean_qwen2_decoding_leaves_padded_batches_and_extra_outputs_to_transformers(tmp_path, lean_steps):
-    """Padding needs the mask and extra outputs need transformers' forward; an unpadded batch takes the lean step."""
+def test_lean_qwen2_decoding_leaves_extra_outputs_to_transformers(tmp_path, lean_steps):
+    """Extra outputs need transformers' forward; the same prompt without them, and a batch, take the lean step."""
     model = _got_like(tmp_path).enable_fast_cpu_path()
-    prompts = torch.tensor([[0, 0, 7, 8, 9], [3, 4, 5, 6, 7]])  # the first row left-padded
-    mask = (prompts != 0).long()
+    prompt = torch.tensor([[3, 4, 5, 6, 7]])
     kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
     with torch.inference_mode():
-        model.generate(input_ids=prompts, attention_mask=mask, **kwargs)
-        model.generate(input_ids=prompts[1:], output_attentions=True, return_dict_in_generate=True, **kwargs)
+        model.generate(input_ids=prompt, output_attentions=True, return_dict_in_generate=True, **kwargs)
         assert not lean_steps
-        unpadded = model.generate(input_ids=prompts[1:], **kwargs)  # the same prompt without the extra outputs
+        unpadded = model.generate(input_ids=prompt, **kwargs)
         assert len(lean_steps) == 5
         both = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 11, 12]])  # a batch without padding: the lean step
         batch = model.generate(input_ids=both, attention_mask=torch.ones_like(both), **kwargs)
         assert len(lean_steps) == 10
         model.enable_fast_cpu_path(False)
-        assert model.generate(input_ids=prompts[1:], **kwargs).tolist() == unpadded.tolist()
+        assert model.generate(input_ids=prompt, **kwargs).tolist() == unpadded.tolist()
         assert model.generate(input_ids=both, attention_mask=torch.ones_like(both), **kwargs).tolist() == batch.tolist()
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=["float32", "int8"])
+def test_lean_qwen2_decoding_of_left_padded_batches_matches_transformers(tmp_path, quantize, lean_steps):
+    """A left-padded batch (as the server batches prompts of different lengths) takes the lean step, which masks
+    each row's padding and rotates by its own positions: greedy ids equal and logits within rounding of
+    transformers' forward (int8: within activation-quantization rounding, as the unpadded test)."""
+    model = _got_like(tmp_path, quantize)
+    model.kv_storage_dtype = None  # float32 keys/values, as transformers keeps them
+    generator = torch.Generator().manual_seed(11)
+    prompts = torch.randint(3, 1000, (3, 20), generator=generator)
+    mask = torch.ones_like(prompts)
+    mask[0, :7], mask[2, :12] = 0, 0  # rows 0 and 2 left-padded, row 1 full
+    prompts = prompts.masked_fill(mask == 0, 0)
+    kwargs = dict(max_new_tokens=40, min_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0,
+                  output_logits=True, return_dict_in_generate=True)  # fmt: skip
+    with torch.inference_mode():
+        plain = model.generate(input_ids=prompts, attention_mask=mask, **kwargs)
+        assert not lean_steps
+        model.enable_fast_cpu_path()
+        lean = model.generate(input_ids=prompts, attention_mask=mask, **kwargs)
+    assert len(lean_steps) == 39
+    assert lean.sequences.tolist() == plain.sequences.tolist()
+    expected = torch.stack(plain.logits)
+    atol = ATOL if quantize is None else 0.05 * float(expected.std())
+    torch.testing.assert_close(torch.stack(lean.logits), expected, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("native", [True, False])

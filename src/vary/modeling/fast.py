@@ -364,7 +364,7 @@ _EXTRA_OUTPUTS = ("output_attentions", "output_hidden_states")
 def lean_decoding_applies(language_model, inputs_embeds: Tensor, cache, attention_mask, labels, kwargs) -> bool:
     """Whether `qwen2_decode_step` can stand in for the transformers forward: a Qwen2 decoder with only
     full-attention layers, decoding one float32 token per row after a prefill into a PreallocatedCache, with no
-    padding (an all-ones or absent mask), no labels and no extra outputs requested."""
+    mask or a (batch, cached + 1) padding mask, no labels and no extra outputs requested."""
     if not isinstance(cache, PreallocatedCache):
         return False
     if inputs_embeds.shape[1] != 1 or inputs_embeds.dtype != torch.float32 or labels is not None:
@@ -375,14 +375,17 @@ def lean_decoding_applies(language_model, inputs_embeds: Tensor, cache, attentio
         return False
     if cache.get_seq_length() == 0 or len(cache.layers) != language_model.config.num_hidden_layers:
         return False
-    return attention_mask is None or bool(attention_mask.all())
+    expected = (inputs_embeds.shape[0], cache.get_seq_length() + 1)
+    return attention_mask is None or (attention_mask.dim() == 2 and tuple(attention_mask.shape) == expected)
 
 
 def qwen2_decode_step(language_model, inputs_embeds: Tensor, cache: PreallocatedCache,
-                      position_ids: Tensor | None = None) -> CausalLMOutputWithPast:  # fmt: skip
+                      position_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                      ) -> CausalLMOutputWithPast:  # fmt: skip
     """One decoding step of transformers' Qwen2ForCausalLM (B, 1, H) -> logits (B, 1, V), appending to `cache`;
-    the same math as its forward (eval, no mask: a lone query attends to the whole cache). Works with the
-    float Linears and with vary.modeling.quantize's fused int8 ones (`qkv_proj`, `gate_up_proj`)."""
+    the same math as its forward in eval: a lone query attends to the whole cache, or to the positions a
+    (B, cached + 1) padding mask keeps (left-padded batches: `generate` passes each row's position_ids).
+    Works with the float Linears and with vary.modeling.quantize's fused int8 ones (`qkv_proj`, `gate_up_proj`)."""
     if cache.decode_step is None:  # the first decoded token of this cache
         cache.decode_step = decode_step_module(language_model)
     length = cache.get_seq_length()
@@ -395,11 +398,12 @@ def qwen2_decode_step(language_model, inputs_embeds: Tensor, cache: Preallocated
     signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
     keys, values = cache.reserve(length + 1)
     key_scratch, value_scratch = cache.attention_scratch(inputs_embeds.dtype)
+    keep = None if attention_mask is None or bool(attention_mask.all()) else attention_mask[:, None, None, :].bool()
     # TorchScript's default (profiling) executor spends its first two calls at ~7x the time of a step profiling
     # shapes for fusions that a CPU build does not make; the plain interpreter runs every call at full speed
     with torch.jit.optimized_execution(False):
         logits = cache.decode_step(
-            inputs_embeds, cos[:, :, None], signed_sin, keys, values, key_scratch, value_scratch, length
+            inputs_embeds, cos[:, :, None], signed_sin, keys, values, key_scratch, value_scratch, keep, length
         )
     cache.set_length(length + 1)
     return CausalLMOutputWithPast(logits=logits, cache=cache)
@@ -427,7 +431,7 @@ class Qwen2LayerStep(nn.Module):
         self.intermediate_size = int(mlp.intermediate_size)
 
     def forward(self, hidden: Tensor, cos: Tensor, signed_sin: Tensor, key_buffer: Tensor, value_buffer: Tensor,
-                key_scratch: Tensor, value_scratch: Tensor, position: int) -> Tensor:  # fmt: skip
+                key_scratch: Tensor, value_scratch: Tensor, keep: Tensor | None, position: int) -> Tensor:  # fmt: skip
         batch, q_size, kv_size = hidden.shape[0], self.heads * self.head_dim, self.kv_heads * self.head_dim
         x = F.rms_norm(hidden, [hidden.shape[-1]], self.input_norm, self.eps)
         if hasattr(self, "qkv_proj"):
@@ -444,7 +448,7 @@ class Qwen2LayerStep(nn.Module):
             keys = key_scratch[:, :, : position + 1].copy_(keys)
             values = value_scratch[:, :, : position + 1].copy_(values)
         out = F.scaled_dot_product_attention(
-            q, keys, values, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
+            q, keys, values, attn_mask=keep, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
         )
         hidden = hidden + self.o_proj(out.transpose(1, 2).reshape(batch, 1, q_size))
         x = F.rms_norm(hidden, [hidden.shape[-1]], self.post_attention_norm, self.eps)
@@ -476,9 +480,10 @@ class Qwen2DecodeStep(nn.Module):
         self.lm_head = language_model.lm_head
 
     def forward(self, hidden: Tensor, cos: Tensor, signed_sin: Tensor, keys: list[Tensor], values: list[Tensor],
-                key_scratch: Tensor, value_scratch: Tensor, position: int) -> Tensor:  # fmt: skip
+                key_scratch: Tensor, value_scratch: Tensor, keep: Tensor | None, position: int) -> Tensor:  # fmt: skip
         for index, layer in enumerate(self.layers):
-            hidden = layer(hidden, cos, signed_sin, keys[index], values[index], key_scratch, value_scratch, position)
+            hidden = layer(hidden, cos, signed_sin, keys[index], values[index], key_scratch, value_scratch, keep,
+                           position)  # fmt: skip
         return self.lm_head(F.rms_norm(hidden, [hidden.shape[-1]], self.norm, self.eps))
 
 

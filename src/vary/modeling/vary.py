@@ -170,7 +170,7 @@ class VaryForCausalLM(PreTrainedModel, GenerationMixin):
                 inputs_embeds = self.splice_image_features(input_ids, inputs_embeds, image_features)
         if self.vision_vocab.fast_cpu and fast.lean_decoding_applies(self.language_model, inputs_embeds, cache,
                                                                      attention_mask, labels, kwargs):  # fmt: skip
-            return fast.qwen2_decode_step(self.language_model, inputs_embeds, cache, position_ids)
+            return fast.qwen2_decode_step(self.language_model, inputs_embeds, cache, position_ids, attention_mask)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
