@@ -202,18 +202,24 @@ def test_lean_qwen2_decoding_matches_transformers(tmp_path, quantize, lean_steps
     cfg = model.config
     ids = torch.tensor([[5, cfg.image_start_token_id] + [cfg.image_patch_token_id] * 16 + [cfg.image_end_token_id, 9]])
     pixels = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(6))
-    kwargs = dict(max_new_tokens=300, min_new_tokens=300, do_sample=False, eos_token_id=None, pad_token_id=0,
-                  output_logits=True, return_dict_in_generate=True)  # fmt: skip
+    _assert_lean_decodes_as_plain(model, lean_steps, 300, input_ids=ids, pixel_values=pixels)
+
+
+def _assert_lean_decodes_as_plain(model, lean_steps, new_tokens: int, **inputs) -> None:
+    """Generate with transformers' forward, then with the fast path: every token after the prefill takes the lean
+    step, greedy ids are equal, per-step logits within float rounding (int8: within activation-quantization
+    rounding: a float-rounding difference in an int8 Linear's input can move one int8 step)."""
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                  pad_token_id=0, output_logits=True, return_dict_in_generate=True)  # fmt: skip
     with torch.inference_mode():
-        plain = model.generate(input_ids=ids, pixel_values=pixels, **kwargs)
+        plain = model.generate(**inputs, **kwargs)
         assert not lean_steps
         model.enable_fast_cpu_path()
-        lean = model.generate(input_ids=ids, pixel_values=pixels, **kwargs)
-    assert len(lean_steps) == 299  # every token after the prefill
+        lean = model.generate(**inputs, **kwargs)
+    assert len(lean_steps) == new_tokens - 1
     assert lean.sequences.tolist() == plain.sequences.tolist()
     expected = torch.stack(plain.logits)
-    # int8 Linears quantize their input per call: a float-rounding difference in it can move one int8 step
-    atol = ATOL if quantize is None else 0.05 * float(expected.std())
+    atol = 0.05 * float(expected.std()) if is_quantized(model) else ATOL
     torch.testing.assert_close(torch.stack(lean.logits), expected, atol=atol, rtol=0)
 
 
@@ -307,19 +313,8 @@ def test_lean_qwen2_decoding_of_left_padded_batches_matches_transformers(tmp_pat
     prompts = torch.randint(3, 1000, (3, 20), generator=generator)
     mask = torch.ones_like(prompts)
     mask[0, :7], mask[2, :12] = 0, 0  # rows 0 and 2 left-padded, row 1 full
-    prompts = prompts.masked_fill(mask == 0, 0)
-    kwargs = dict(max_new_tokens=40, min_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0,
-                  output_logits=True, return_dict_in_generate=True)  # fmt: skip
-    with torch.inference_mode():
-        plain = model.generate(input_ids=prompts, attention_mask=mask, **kwargs)
-        assert not lean_steps
-        model.enable_fast_cpu_path()
-        lean = model.generate(input_ids=prompts, attention_mask=mask, **kwargs)
-    assert len(lean_steps) == 39
-    assert lean.sequences.tolist() == plain.sequences.tolist()
-    expected = torch.stack(plain.logits)
-    atol = ATOL if quantize is None else 0.05 * float(expected.std())
-    torch.testing.assert_close(torch.stack(lean.logits), expected, atol=atol, rtol=0)
+    _assert_lean_decodes_as_plain(model, lean_steps, 40, input_ids=prompts.masked_fill(mask == 0, 0),
+                                  attention_mask=mask)  # fmt: skip
 
 
 @pytest.mark.parametrize("native", [True, False])
