@@ -205,10 +205,11 @@ def test_lean_qwen2_decoding_matches_transformers(tmp_path, quantize, lean_steps
     _assert_lean_decodes_as_plain(model, lean_steps, 300, input_ids=ids, pixel_values=pixels)
 
 
-def _assert_lean_decodes_as_plain(model, lean_steps, new_tokens: int, **inputs) -> None:
+def _assert_lean_decodes_as_plain(model, lean_steps, new_tokens: int, **inputs):
     """Generate with transformers' forward, then with the fast path: every token after the prefill takes the lean
     step, greedy ids are equal, per-step logits within float rounding (int8: within activation-quantization
-    rounding: a float-rounding difference in an int8 Linear's input can move one int8 step)."""
+    rounding: a float-rounding difference in an int8 Linear's input can move one int8 step). Returns the fast
+    path's output, the fast path switched off again."""
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                   pad_token_id=0, output_logits=True, return_dict_in_generate=True)  # fmt: skip
     with torch.inference_mode():
@@ -221,6 +222,9 @@ def _assert_lean_decodes_as_plain(model, lean_steps, new_tokens: int, **inputs) 
     expected = torch.stack(plain.logits)
     atol = 0.05 * float(expected.std()) if is_quantized(model) else ATOL
     torch.testing.assert_close(torch.stack(lean.logits), expected, atol=atol, rtol=0)
+    lean_steps.clear()
+    model.enable_fast_cpu_path(False)
+    return lean
 
 
 def _greedy(model, steps=40):
@@ -306,15 +310,25 @@ def test_lean_qwen2_decoding_leaves_extra_outputs_to_transformers(tmp_path, lean
 def test_lean_qwen2_decoding_of_left_padded_batches_matches_transformers(tmp_path, quantize, lean_steps):
     """A left-padded batch (as the server batches prompts of different lengths) takes the lean step, which masks
     each row's padding and rotates by its own positions: greedy ids equal and logits within rounding of
-    transformers' forward (int8: within activation-quantization rounding, as the unpadded test)."""
+    transformers' forward (int8: within activation-quantization rounding, as the unpadded test) and, in float32,
+    of each row decoded alone."""
     model = _got_like(tmp_path, quantize)
     model.kv_storage_dtype = None  # float32 keys/values, as transformers keeps them
     generator = torch.Generator().manual_seed(11)
     prompts = torch.randint(3, 1000, (3, 20), generator=generator)
     mask = torch.ones_like(prompts)
     mask[0, :7], mask[2, :12] = 0, 0  # rows 0 and 2 left-padded, row 1 full
-    _assert_lean_decodes_as_plain(model, lean_steps, 40, input_ids=prompts.masked_fill(mask == 0, 0),
-                                  attention_mask=mask)  # fmt: skip
+    prompts = prompts.masked_fill(mask == 0, 0)
+    batch = _assert_lean_decodes_as_plain(model, lean_steps, 40, input_ids=prompts, attention_mask=mask)
+    if quantize is None:  # and each row as decoded alone (int8 quantizes a step's activations across its rows)
+        for row in range(3):
+            alone = _assert_lean_decodes_as_plain(
+                model, lean_steps, 40, input_ids=prompts[row : row + 1, mask[row] == 1]
+            )
+            assert alone.sequences[0, -40:].tolist() == batch.sequences[row, -40:].tolist()
+            torch.testing.assert_close(
+                torch.stack(alone.logits)[:, 0], torch.stack(batch.logits)[:, row], atol=ATOL, rtol=0
+            )
 
 
 @pytest.mark.parametrize("native", [True, False])
