@@ -22,6 +22,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optim
 from typer.testing import CliRunner
 
 import vary
+from test_fast_path import counted_calls
 from tests_paths import CONFORMANCE_DIR
 from vary.cli import app as cli_app
 from vary.infer.generation import NoRepeatNGram
@@ -333,10 +334,13 @@ def test_tiles_are_spliced_in_order_into_the_one_block(got):
 
 
 def test_crop_generates_end_to_end_and_batches_mixed_tile_counts(got, monkeypatch):
-    """A tall page (4 tiles), a square one (1) and a wide one (3) in one batch = each page on its own."""
+    """A tall page (4 tiles), a square one (1) and a wide one (3) in one batch = each page on its own; the
+    left-padded batch decodes on the fast path's lean step."""
     recorder = Recorder(got, monkeypatch)
+    lean_steps = counted_calls(monkeypatch, "qwen2_decode_step")
     pages = [page(100, 300, 1), page(TILE, TILE, 2), page(260, 130, 3)]
     batched = got.run_batch(pages, "ocr", crop=True, batch_size=3)
+    assert recorder.batches[0]["attention_mask"].min() == 0 and len(lean_steps) > 0
     singles = [got.ocr(image, crop=True) for image in pages]
     assert recorder.batches[0]["pixel_values"].shape[0] == 4 + 1 + 3
     prompt_length = recorder.batches[0]["input_ids"].shape[1]
