@@ -285,8 +285,8 @@ def main() -> None:
     parser.add_argument("--conformance-dir", type=Path,
                         default=Path(os.environ.get("VARY_CONFORMANCE_DIR", DEFAULT_CONFORMANCE)))  # fmt: skip
     parser.add_argument("--no-native-bf16", action="store_true",
-                        help="run ours as on a CPU without native bf16 (float32 key/value cache: the memory those "
-                             "CPUs see); the speeds stay this CPU's")  # fmt: skip
+                        help="run ours as on a CPU without native bf16 (float32 vision under int8, no bf16 "
+                             "configurations: the memory those CPUs see); the speeds stay this CPU's")  # fmt: skip
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)

@@ -26,7 +26,7 @@ appends in place. A hand-written OPT decode step saved only ~7% more and was not
 and transformers' per-token Python and small-op work (masks, kwargs plumbing, 7-op RMSNorms, rotary per
 layer: ~4,000 ops a token) took 15 of its 40 ms on 2 cores; the step here issues ~25 ops per layer, and runs
 them as TorchScript (Python's cost per op was ~7 ms of the remaining ~35 ms: 28 -> 36 tok/s). A bf16 cache
-(int8 Qwen2 where bf16 is native) is widened into reused float32 buffers for attention: CPU SDPA's bf16
+(int8 Qwen2 decoders) is widened into reused float32 buffers for attention: CPU SDPA's bf16
 kernel for one query was 7 of a token's 23 ms (PreallocatedCache.attention_scratch).
 """
 
@@ -441,7 +441,7 @@ class Qwen2LayerStep(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = self._rotate(q.view(batch, 1, self.heads, self.head_dim), cos, signed_sin).transpose(1, 2)
         k = self._rotate(k.view(batch, 1, self.kv_heads, self.head_dim), cos, signed_sin).transpose(1, 2)
-        key_buffer[:, :, position : position + 1] = k  # cast to the store's dtype (bf16 where native)
+        key_buffer[:, :, position : position + 1] = k  # cast to the store's dtype (bf16 for int8)
         value_buffer[:, :, position : position + 1] = v.view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
         keys, values = key_buffer[:, :, : position + 1], value_buffer[:, :, : position + 1]
         if keys.dtype != q.dtype:  # a bf16 store, widened into the reused buffers (PreallocatedCache.attention_scratch)

@@ -304,18 +304,19 @@ def _padding_idx(model) -> int | None:
 
 def _choose_kv_storage(model) -> None:
     """`model.kv_storage_dtype`, the dtype its decoding cache keeps keys and values in (vary.modeling.fast):
-    bfloat16 for an int8 Qwen2 decoder on a CPU with native bf16, else None (the states' own dtype).
+    bfloat16 for an int8 Qwen2 decoder, else None (the states' own dtype).
 
     Attention reads the whole cache at every token: at the end of a 1,024-token GOT-OCR2 page ~250 MB of
-    float32 a token, and the largest part of the page's memory. bf16 halves both (that page: peak RSS 1.54 ->
-    1.42 GB); attention still runs in float32, on the states widened back (`fast.PreallocatedCache.attention_scratch`:
-    CPU SDPA's bf16 kernel is slower than the widening). Only there: int8 decoding already trades exactness for
-    speed, bf16 is emulated (slow) on other CPUs, and only our int8 attention (FusedQKVQwen2Attention,
-    fast.qwen2_decode_step) widens bf16 states to the query's dtype; other decoders' attention refuses mixed
-    dtypes."""
+    float32 a token, and the largest part of the page's memory. bf16 halves both (that page: peak RSS 1.41 ->
+    1.33 GB). Attention still runs in float32, on the states widened back (`fast.PreallocatedCache.attention_scratch`):
+    no bf16 arithmetic, only conversions, so it pays on CPUs without bf16 instructions too (widening a bf16 store
+    was faster than reading a float32 one with torch's AVX2 kernels as with its AVX-512 ones). Only int8: it
+    already trades exactness for speed (the drift is of the order of int8's own), and only our int8 attention
+    (FusedQKVQwen2Attention, fast.qwen2_decode_step) widens bf16 states to the query's dtype; other decoders'
+    attention refuses mixed dtypes."""
     layers = decoder_layers(model)[1]
     fused = all(isinstance(getattr(layer, "self_attn", None), FusedQKVQwen2Attention) for layer in layers)
-    model.kv_storage_dtype = torch.bfloat16 if fused and cpu_has_native_bf16() else None
+    model.kv_storage_dtype = torch.bfloat16 if fused else None
 
 
 def quantize_model_(model, method: str = "int8", vision_dtype: torch.dtype = torch.float32):
