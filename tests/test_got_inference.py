@@ -390,6 +390,21 @@ def test_cli_got_options(got_dir, tmp_path):
         assert message in result.output and "Traceback" not in result.output
 
 
+def test_cli_suggests_int8_for_large_float32_models_on_cpu(got_dir, tmp_path, monkeypatch):
+    """One tip line for a float32 CPU run of a large language model; none with --quantize int8 or a small one."""
+    from vary.infer import cli as infer_cli
+
+    image = tmp_path / "page.png"
+    image.write_bytes(png(page(TILE, TILE)))
+    args = ["--model", got_dir, "--max-new-tokens", "2"]
+    assert "--quantize int8" not in invoke(image, *args).stderr  # the tiny model is far below the threshold
+    monkeypatch.setattr(infer_cli, "INT8_TIP_MIN_PARAMS", 0)  # as if it were GOT-OCR2's 0.5 B
+    result = invoke(image, *args)
+    assert result.exit_code == 0 and result.stderr.count("tip: --quantize int8") == 1, result.output
+    result = invoke(image, *args, "--quantize", "int8")
+    assert result.exit_code == 0 and "tip:" not in result.stderr, result.output
+
+
 def test_cli_crop_renders_pdf_pages_large_enough_for_the_tiles(got_dir, tmp_path, monkeypatch):
     from test_infer_documents import make_pdf
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from vary.cli_errors import fail
-from vary.infer.cli import MODEL_HELP, quiet_loading, resolve_model
+from vary.infer.cli import MODEL_HELP, int8_tip, quiet_loading, resolve_model
 from vary.infer.tasks import Quantize
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -44,6 +44,8 @@ def serve_command(
     except (CheckpointError, TokenizerError, ValueError) as err:
         fail(err, 1)
     pipeline.name = served_model_name or pipeline.name  # what /v1/models lists and OpenAI clients send as `model`
+    if tip := int8_tip(pipeline):
+        typer.echo(tip, err=True)
     # Bound to loopback, only a local client should reach the server; a web page the user visits could still
     # send it requests through DNS rebinding (evil.example -> 127.0.0.1), which the Host header gives away.
     hosts = trusted_hosts_for(host, trusted_host)
