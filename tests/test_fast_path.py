@@ -370,10 +370,12 @@ def test_lean_step_attends_to_a_bf16_store_in_float32(tmp_path, lean_steps):
                 step = fast.qwen2_decode_step(language_model, embeds[:, token : token + 1], store)
                 logits[dtype].append(step.logits)
     assert len(lean_steps) == 10 and stores[torch.bfloat16].layers[0].keys.dtype is torch.bfloat16
-    widened = stores[torch.bfloat16].attention_scratch(torch.float32)
+    store = stores[torch.bfloat16]
+    keys, values = store.reserve(store.get_seq_length())
+    widened = store.attention_scratch(keys[0], values[0], torch.float32)
     assert widened[0].dtype is torch.float32
     assert [t.data_ptr() for t in widened] == [
-        t.data_ptr() for t in stores[torch.bfloat16].attention_scratch(torch.float32)
+        t.data_ptr() for t in store.attention_scratch(keys[1], values[1], torch.float32)
     ]
     expected = torch.cat(logits[None])
     # the new tokens' own keys/values are stored rounded in one store only: 1e-4 of the spread; a bf16 query 5e-3

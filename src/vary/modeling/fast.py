@@ -313,7 +313,6 @@ class PreallocatedCache(DynamicCache):
 
     def __init__(self, storage_dtype: torch.dtype | None = None):
         Cache.__init__(self, layer_class_to_replicate=functools.partial(PreallocatedLayer, storage_dtype=storage_dtype))
-        self.storage_dtype = storage_dtype
         self.decode_step: nn.Module | None = None  # set by qwen2_decode_step at this cache's first decoded token
         self._scratch: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
 
@@ -326,20 +325,19 @@ class PreallocatedCache(DynamicCache):
         for layer in self.layers:
             layer.set_length(length)
 
-    def attention_scratch(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Two `dtype` buffers shaped as one layer's key and value buffers, reused by every layer and token, where
-        the cache stores another dtype: a one-query attention reads a layer's bf16 states widened into them.
+    def attention_scratch(self, key_buffer: Tensor, value_buffer: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Two `dtype` buffers shaped as a layer's key and value buffers (every layer's have one shape: `reserve`
+        grows them together), reused by every layer and token, where the cache stores another dtype: a one-query
+        attention reads a layer's bf16 states widened into them. Empty where the store is `dtype` already.
 
         Why not attend in bf16: CPU SDPA's bf16 kernel for one query ran 3-8x slower than float32 (AMD EPYC with
         avx512_bf16, 2 cores, GOT-OCR2 int8: 7 of a token's 23 ms at 300 cached tokens, 29 ms at 1,300); a fresh
         widened copy per layer pays page faults for its new allocation. Copying into these reused buffers costs
         about what reading a float32 store would, with half the store's memory (docs/cpu-speed.md)."""
-        if self.storage_dtype is None or self.storage_dtype == dtype:
+        if key_buffer.dtype == dtype:
             return self._scratch  # empty: attention reads the store itself
-        layer = self.layers[0]  # every layer's buffers have one shape (reserve grows them together)
-        if self._scratch[0].shape != layer._key_buffer.shape or self._scratch[0].dtype != dtype:
-            self._scratch = (torch.empty(layer._key_buffer.shape, dtype=dtype),
-                             torch.empty(layer._value_buffer.shape, dtype=dtype))  # fmt: skip
+        if self._scratch[0].shape != key_buffer.shape or self._scratch[0].dtype != dtype:
+            self._scratch = (torch.empty(key_buffer.shape, dtype=dtype), torch.empty(value_buffer.shape, dtype=dtype))
         return self._scratch
 
 
@@ -397,7 +395,7 @@ def qwen2_decode_step(language_model, inputs_embeds: Tensor, cache: Preallocated
     # a negation and a cat, per tensor and layer
     signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
     keys, values = cache.reserve(length + 1)
-    key_scratch, value_scratch = cache.attention_scratch(inputs_embeds.dtype)
+    key_scratch, value_scratch = cache.attention_scratch(keys[0], values[0], inputs_embeds.dtype)
     keep = None if attention_mask is None or bool(attention_mask.all()) else attention_mask[:, None, None, :].bool()
     # TorchScript's default (profiling) executor spends its first two calls at ~7x the time of a step profiling
     # shapes for fusions that a CPU build does not make; the plain interpreter runs every call at full speed
